@@ -1,0 +1,102 @@
+"""Observers of the Engine: progress bar, per-epoch log line, metrics.csv.
+
+A callback only watches: it receives events and writes to the screen or to files, and it never
+changes the run. Their order does not matter.
+"""
+
+import csv
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+log = logging.getLogger("trainer")
+
+
+class Callback:
+    def on_fit_start(self, engine, train_batches: int, val_batches: int) -> None: ...
+    def on_epoch_start(self, engine, epoch: int) -> None: ...
+    def on_batch_end(self, engine, stage: str) -> None: ...
+    def on_epoch_end(self, engine, record: Dict[str, float], improved: bool) -> None: ...
+    def on_fit_end(self, engine, summary: Dict[str, Any]) -> None: ...
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+class EpochLog(Callback):
+    """One line per epoch in the console and train.log."""
+
+    def on_epoch_end(self, engine, record, improved) -> None:
+        parts = [f"epoch {record['epoch']}/{engine.max_epochs}"]
+        parts += [f"{key} {format_value(value)}" for key, value in record.items() if key not in ("epoch", "seconds")]
+        parts.append(f"{record['seconds']:.1f}s")
+        if improved:
+            parts.append(f"best {engine.monitor}")
+        log.info("  ".join(parts))
+
+    def on_fit_end(self, engine, summary) -> None:
+        best = "none" if summary["best_value"] is None else format_value(summary["best_value"])
+        log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}")
+
+
+class CsvWriter(Callback):
+    """metrics.csv: one row per epoch, flushed as soon as the epoch ends."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.columns: Optional[List[str]] = None
+
+    def on_epoch_end(self, engine, record, improved) -> None:
+        new = self.columns is None
+        if new:
+            self.columns = list(record)
+        with open(self.path, "a" if not new else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            if new:
+                writer.writeheader()
+            writer.writerow({key: ("" if isinstance(v, float) and math.isnan(v) else v) for key, v in record.items()})
+
+
+class RichProgress(Callback):
+    """A rich progress bar per epoch over train and validation batches; redrawn at most 10 times a second."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            refresh_per_second=10, transient=True,
+        )
+        self.task = None
+        self.total = 0
+
+    def on_fit_start(self, engine, train_batches, val_batches) -> None:
+        self.total = train_batches + val_batches
+        self.progress.start()
+
+    def on_epoch_start(self, engine, epoch) -> None:
+        description = f"epoch {epoch}/{engine.max_epochs}"
+        if self.task is None:
+            self.task = self.progress.add_task(description, total=self.total)
+        else:
+            self.progress.reset(self.task, total=self.total, description=description)
+
+    def on_batch_end(self, engine, stage) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def on_fit_end(self, engine, summary) -> None:
+        self.progress.stop()
+
+
+def progress_wanted(enabled: bool) -> bool:
+    """Drawn only on a terminal: logs and pipes get the per-epoch lines alone."""
+    import sys
+
+    return enabled and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"

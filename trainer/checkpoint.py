@@ -1,0 +1,106 @@
+"""Checkpoint files: atomic writes, safe reads, and the random-number state they carry.
+
+A checkpoint is a dict of tensors and plain Python values, so `torch.load(weights_only=True)` can
+read it: no pickled code is ever executed when loading one.
+"""
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from typing import Any, Dict, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.errors import UserError
+
+
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the previous file or the new one, never a partial file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def read_checkpoint(path: str, what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True; every failure becomes one message naming the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} '{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"refusing to load {what} '{path}': it contains pickled objects other than tensors and plain "
+            f"values (code could run when loading it). Only weights_only files are accepted. Detail: {str(err)[:200]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{what} '{path}' is not a readable PyTorch file (truncated or not a checkpoint): {str(err)[:200]}") from None
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strict load; a mismatch names every missing, unexpected and wrongly shaped key."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        def listed(title, items):
+            return f"\n  {title} ({len(items)}): " + ", ".join(items[:10]) + (" ..." if len(items) > 10 else "") if items else ""
+
+        raise UserError(
+            f"the weights in '{source}' do not fit this model (another architecture or class count?)"
+            + listed("missing keys", missing)
+            + listed("unexpected keys", unexpected)
+            + listed("shape mismatches", shapes)
+        )
+    model.load_state_dict(state)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, numpy and torch generator states as tensors and plain values (weights_only-safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

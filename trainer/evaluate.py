@@ -1,0 +1,76 @@
+"""`python -m trainer.evaluate ckpt_path=<run>/checkpoints/best.ckpt`: the validation metrics of a checkpoint.
+
+Model and data are rebuilt from the config stored in the checkpoint, so the numbers equal those
+recorded for that epoch. Prints a table and writes `<checkpoint stem>.metrics.json` beside it.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from trainer.config import register_configs
+from trainer.errors import reported_as_exit
+
+register_configs()
+
+REQUIRED_KEYS = ("model", "config", "class_names", "epoch")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    import json
+    import os
+
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainer import build
+    from trainer.callbacks import format_value
+    from trainer.checkpoint import load_model_state, read_checkpoint
+    from trainer.engine import Engine, finite_or_none
+    from trainer.errors import UserError
+
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError("ckpt_path is required: python -m trainer.evaluate ckpt_path=<run dir>/checkpoints/best.ckpt")
+    path = cfg.ckpt_path
+    ckpt = read_checkpoint(path)
+    missing = [key for key in REQUIRED_KEYS if not (isinstance(ckpt, dict) and key in ckpt)]
+    if missing:
+        raise UserError(f"'{path}' is not a trainer checkpoint (missing: {', '.join(missing)})")
+    run_cfg = OmegaConf.create(ckpt["config"])
+    # The checkpoint holds the weights: never fetch pretrained ones or read the original weights file again.
+    run_cfg.model.weights = None
+    if "pretrained" in run_cfg.model:
+        run_cfg.model.pretrained = False
+    device = build.resolve_device(cfg.device)
+    build.seed_everything(run_cfg.seed)
+    data = build.build_data(run_cfg, device)
+    if list(data.class_names) != list(ckpt["class_names"]):
+        raise UserError(f"the data's classes {data.class_names} differ from the checkpoint's {ckpt['class_names']}")
+    model, loss_fn = build.build_model_and_loss(run_cfg, data)
+    load_model_state(model, ckpt["model"], path)
+    engine = Engine(model, loss_fn, None, None, run_cfg.metric.names, device=device)
+    metrics = engine.validate(data.val_loader)
+
+    table = Table(title=f"validation metrics, epoch {ckpt['epoch']}", caption=path)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, format_value(value))
+    Console().print(table)
+
+    output = cfg.output or os.path.splitext(path)[0] + ".metrics.json"
+    result = {"checkpoint": os.path.abspath(path), "epoch": ckpt["epoch"], "metrics": metrics}
+    with open(output, "w") as f:
+        json.dump(finite_or_none(result), f, indent=2)
+    print(f"written: {output}")
+    return result
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with reported_as_exit():
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

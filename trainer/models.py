@@ -1,0 +1,100 @@
+"""Models: a small built-in CNN, and any timm model by name.
+
+The number of input channels and classes always comes from the data, never from the model config.
+"""
+
+import difflib
+import functools
+import os
+
+import torch
+from torch import nn
+
+from trainer.errors import UserError
+from trainer.registry import Registry, call_builder
+
+MODELS = Registry("model")
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks and a linear head: enough for small images such as the 8x8 digits."""
+
+    def __init__(self, in_chans: int, num_classes: int, width: int = 32, dropout: float = 0.1):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(
+            block(in_chans, width),
+            block(width, 2 * width),
+            nn.MaxPool2d(2),
+            block(2 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(4 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@MODELS.register("cnn")
+def small_cnn(width: int = 32, dropout: float = 0.1, weights=None, *, in_chans: int, num_classes: int) -> nn.Module:
+    if width < 1 or not 0 <= dropout < 1:
+        raise UserError(f"model.width={width}, model.dropout={dropout}: width must be >= 1 and 0 <= dropout < 1")
+    model = SmallCNN(in_chans, num_classes, width, dropout)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict (or a trainer checkpoint's model) from a local file into `model`, strictly."""
+    from trainer.checkpoint import read_checkpoint, load_model_state
+
+    state = read_checkpoint(path, what="weights file")
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    load_model_state(model, state, path)
+
+
+def timm_model(name: str, pretrained: bool = False, weights=None, drop_rate: float = 0.0, *, in_chans: int, num_classes: int):
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        builtin = ", ".join(MODELS.names())
+        raise UserError(f"unknown model '{name}': not built in ({builtin}) and not a timm model{hint}")
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise UserError(f"model.weights={weights}: no such file")
+        # timm adapts the file's stem to in_chans and drops a classifier of another class count.
+        return _create(timm, name, dict(kwargs, pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(weights))), weights)
+    if pretrained:
+        return _create(timm, name, dict(kwargs, pretrained=True), None)
+    return timm.create_model(name, **kwargs)
+
+
+def _create(timm, name: str, kwargs: dict, weights):
+    try:
+        return timm.create_model(name, **kwargs)
+    except Exception as err:  # timm raises many kinds here: network, hub, unpickling, shape errors
+        if weights is not None:
+            raise UserError(f"could not load model.weights={weights} into timm model '{name}': {err}") from err
+        raise UserError(
+            f"could not get timm's pretrained weights for '{name}' (they are downloaded, and this machine may be "
+            f"offline): {type(err).__name__}: {str(err)[:300]}. Use a local file instead: model.weights=/path/to/weights"
+        ) from err
+
+
+def build_model(cfg, in_chans: int, num_classes: int) -> nn.Module:
+    """`cfg.name` is a built-in model (cnn) or any timm model name."""
+    options = dict(cfg)
+    name = options.pop("name")
+    runtime = dict(in_chans=in_chans, num_classes=num_classes)
+    if name in MODELS:
+        return call_builder(MODELS.get(name), options, runtime, what=f"model '{name}'")
+    return call_builder(functools.partial(timm_model, name), options, runtime, what=f"timm model '{name}'")
