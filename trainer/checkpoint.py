@@ -47,15 +47,19 @@ def read_checkpoint(path: str, what: str = "checkpoint") -> Any:
     """torch.load with weights_only=True; every failure becomes one message naming the file."""
     if not os.path.isfile(path):
         raise UserError(f"{what} '{path}' does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint
+        raise UserError(f"{what} '{path}' is not a readable PyTorch file (truncated, or not written by torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = str(err)
+        found = detail[detail.find("Unsupported global"):].split("\n")[0] if "Unsupported global" in detail else ""
         raise UserError(
-            f"refusing to load {what} '{path}': it contains pickled objects other than tensors and plain "
-            f"values (code could run when loading it). Only weights_only files are accepted. Detail: {str(err)[:200]}"
+            f"refusing to load {what} '{path}': it holds pickled objects other than tensors and plain values, "
+            f"and loading them could run code. Only weights-only files are accepted. {found}".rstrip()
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"{what} '{path}' is not a readable PyTorch file (truncated or not a checkpoint): {str(err)[:200]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(f"{what} '{path}' is not a readable PyTorch file (truncated or corrupt): {str(err)[:200]}") from None
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -1,0 +1,57 @@
+"""Shared fixtures: run the real command line in a subprocess, in a per-test directory, never online."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, env_extra=None) -> subprocess.CompletedProcess:
+    env = cli_env()
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_csv(path: Path) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """cli("trainer", "loss=focal", ...) runs `python -m trainer ...` with tmp_path as working directory."""
+
+    def run(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_module(module, *args, cwd=tmp_path, **kwargs)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One real 3-epoch training run shared by the tests that only read its outputs."""
+    root = tmp_path_factory.mktemp("trained")
+    run_dir = root / "run"
+    result = run_module("trainer", "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return run_dir

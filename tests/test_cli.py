@@ -1,0 +1,130 @@
+"""The command line through real subprocesses: train, evaluate, multirun, and the run directory contract."""
+
+import math
+import sys
+
+import torch
+
+from conftest import REPO, read_csv, read_json, run_module
+
+
+def test_training_writes_the_run_directory(trained_run):
+    rows = read_csv(trained_run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"epoch", "lr", "train/loss", "val/loss", "val/accuracy", "val/f1", "seconds"} <= set(rows[0])
+    summary = read_json(trained_run / "summary.json")
+    assert summary["status"] == "completed"
+    assert summary["monitor"] == "val/f1" and summary["mode"] == "max"
+    assert summary["epochs_run"] == 3
+    best = max(range(3), key=lambda i: float(rows[i]["val/f1"]))
+    assert summary["best_epoch"] == best + 1
+    assert math.isclose(summary["best_value"], float(rows[best]["val/f1"]), rel_tol=1e-12)
+    assert summary["final"]["epoch"] == 3
+    assert (trained_run / ".hydra" / "config.yaml").is_file()
+    assert (trained_run / "train.log").read_text().count("epoch 3/3") == 1
+
+
+def test_checkpoints_load_with_weights_only(trained_run):
+    summary = read_json(trained_run / "summary.json")
+    best = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == summary["best_epoch"] and last["epoch"] == 3
+    assert best["class_names"] == [str(i) for i in range(10)]
+    assert best["config"]["loss"]["name"] == "ce"
+    assert {"model", "optimizer", "scheduler", "rng", "best_value", "bad_epochs"} <= set(last)
+    assert not list((trained_run / "checkpoints").glob(".tmp-*"))
+
+
+def test_evaluate_reproduces_the_recorded_metrics(trained_run):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    result = run_module("trainer.evaluate", f"ckpt_path={ckpt}", cwd=trained_run)
+    assert result.returncode == 0, result.stderr
+    assert "val/f1" in result.stdout
+    written = read_json(trained_run / "checkpoints" / "best.metrics.json")
+    epoch = written["epoch"]
+    row = read_csv(trained_run / "metrics.csv")[epoch - 1]
+    assert written["metrics"].keys() == {"val/loss", "val/accuracy", "val/f1"}
+    for key, value in written["metrics"].items():
+        assert abs(value - float(row[key])) <= 1e-6, key
+
+
+def test_every_group_is_a_command_line_option(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = cli(
+        "trainer", "loss=focal", "scheduler=cosine", "optimizer=sgd", "trainer.max_epochs=3", "trainer.accumulate=4",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    config = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["config"]
+    assert config["loss"]["name"] == "focal" and config["optimizer"]["name"] == "sgd"
+    assert config["scheduler"]["name"] == "cosine" and config["trainer"]["accumulate"] == 4
+    rows = read_csv(run_dir / "metrics.csv")
+    assert len(rows) == 3
+    # cosine over the 3-epoch run: the learning rate falls every epoch
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] > lrs[1] > lrs[2] > 0
+
+
+def test_multirun_gives_each_job_its_own_directory(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = cli("trainer", "-m", "loss=ce,focal", "scheduler=step,cosine", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    seen = set()
+    for job in jobs:
+        assert read_json(job / "summary.json")["status"] == "completed"
+        config = torch.load(job / "checkpoints" / "best.ckpt", weights_only=True)["config"]
+        seen.add((config["loss"]["name"], config["scheduler"]["name"]))
+    assert seen == {("ce", "step"), ("ce", "cosine"), ("focal", "step"), ("focal", "cosine")}
+
+
+def test_default_run_directories_are_unique(tmp_path):
+    """Two runs started together, in the same second, each get their own directory under outputs/."""
+    import subprocess
+
+    from conftest import cli_env
+
+    args = [sys.executable, "-m", "trainer", "trainer.max_epochs=1"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 2
+    for run in runs:
+        assert read_json(run / "summary.json")["status"] == "completed"
+
+
+def test_local_weights_file_starts_the_model(trained_run, cli, tmp_path):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    run_dir = tmp_path / "finetune"
+    result = cli("trainer", f"model.weights={ckpt}", "trainer.max_epochs=1", "optimizer.lr=1e-6", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    # started from trained weights and barely moved: the first epoch is already as good as the source run's best
+    source_best = read_json(trained_run / "summary.json")["best_value"]
+    assert float(read_csv(run_dir / "metrics.csv")[0]["val/f1"]) >= source_best - 0.01
+
+
+def test_timm_model_by_name(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = cli("trainer", "model=timm", "model.name=resnet10t", "trainer.max_epochs=1", "data.batch_size=128", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["model"]
+    assert state["fc.weight"].shape == (10, 512)  # classes from the data
+    assert state["conv1.0.weight"].shape[1] == 1  # one input channel, from the data
+
+
+def test_help_does_not_import_torch(tmp_path):
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['trainer', '--help']\n"
+        "try:\n    runpy.run_module('trainer', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'timm', 'sklearn') if m in sys.modules))\n"
+    )
+    import subprocess
+
+    from conftest import cli_env
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert "loss: ce, f1, focal, label_smoothing" in out.stdout
+    assert "HEAVY []" in out.stdout
