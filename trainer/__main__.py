@@ -20,7 +20,7 @@ def train(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from trainer import build
-    from trainer.callbacks import CsvWriter, EpochLog, RichProgress, progress_wanted
+    from trainer.callbacks import run_callbacks
     from trainer.engine import Engine
     from trainer.errors import UserError
 
@@ -34,9 +34,6 @@ def train(cfg: DictConfig) -> float:
     data = build.build_data(cfg, device)
     model, loss_fn = build.build_model_and_loss(cfg, data)
     optimizer, schedule = build.build_optimization(cfg, model)
-    callbacks = [EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv"))]
-    if progress_wanted(cfg.progress):
-        callbacks.append(RichProgress())
     engine = Engine(
         model, loss_fn, optimizer, schedule, cfg.metric.names,
         device=device,
@@ -49,7 +46,7 @@ def train(cfg: DictConfig) -> float:
         grad_clip_norm=cfg.trainer.grad_clip_norm,
         run_dir=run_dir,
         run_info={"config": build.plain(cfg), "class_names": data.class_names},
-        callbacks=callbacks,
+        callbacks=run_callbacks(cfg, run_dir),
     )
     logging.getLogger("trainer").info(
         f"run directory: {run_dir}  device: {device}  train/val batches: {len(data.train_loader)}/{len(data.val_loader)}"

@@ -100,3 +100,11 @@ def progress_wanted(enabled: bool) -> bool:
     import sys
 
     return enabled and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def run_callbacks(cfg, run_dir: str) -> List[Callback]:
+    """The observers of a training run, chosen by the config."""
+    callbacks: List[Callback] = [EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv"))]
+    if progress_wanted(cfg.progress):
+        callbacks.append(RichProgress())
+    return callbacks
