@@ -31,12 +31,14 @@ def class_weights(weights: Any, num_classes: int, train_labels: Optional[Sequenc
             missing = sorted(set(range(num_classes)) - set(present.tolist()))
             raise UserError(f"loss.weights=balanced needs every class in the training split; missing: {missing}")
         return torch.tensor(compute_class_weight("balanced", classes=present, y=labels), dtype=torch.float32)
-    values = list(weights)
-    if len(values) != num_classes or any(float(v) < 0 for v in values):
-        raise UserError(
-            f"loss.weights has {len(values)} values; give {num_classes} non-negative numbers, one per class"
-        )
-    return torch.tensor([float(v) for v in values], dtype=torch.float32)
+    valid = f"use null, balanced, or {num_classes} non-negative numbers, one per class"
+    try:
+        values = [float(v) for v in weights]
+    except (TypeError, ValueError):
+        raise UserError(f"loss.weights={weights} is not valid; {valid}") from None
+    if len(values) != num_classes or not all(np.isfinite(v) and v >= 0 for v in values):
+        raise UserError(f"loss.weights={values} is not valid; {valid}")
+    return torch.tensor(values, dtype=torch.float32)
 
 
 class FocalLoss(nn.Module):

@@ -1,0 +1,211 @@
+"""Gradient accumulation, optimizer-step counting and best-value logic of the Engine."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import trainer.engine as engine_module
+from trainer.engine import Engine, accumulation_scales, is_better, loader_batch_sizes
+from trainer.optim import EpochSchedule
+
+NUM_FEATURES, NUM_CLASSES = 6, 3
+
+
+# --- accumulation_scales ---------------------------------------------------------------------
+def windows(num_batches, accumulate):
+    """Step positions an optimizer takes: after every `accumulate` batches and after the last one."""
+    return [i for i in range(num_batches) if (i + 1) % accumulate == 0 or i == num_batches - 1]
+
+
+@pytest.mark.parametrize("num_batches", [1, 2, 3, 5, 7, 8, 10])
+@pytest.mark.parametrize("accumulate", [1, 2, 3, 4, 8, 11])
+@pytest.mark.parametrize("with_sizes", [False, True])
+def test_accumulation_scales_windows_sum_to_one(num_batches, accumulate, with_sizes):
+    sizes = [5] * (num_batches - 1) + [2] if with_sizes else None
+    scales = accumulation_scales(sizes, num_batches, accumulate)
+    assert len(scales) == num_batches
+    steps = windows(num_batches, accumulate)
+    assert len(steps) == math.ceil(num_batches / accumulate)
+    start = 0
+    for end in steps:
+        assert sum(scales[start : end + 1]) == pytest.approx(1.0)
+        if with_sizes:
+            window = sizes[start : end + 1]
+            assert scales[start : end + 1] == pytest.approx([s / sum(window) for s in window])
+        else:
+            assert scales[start : end + 1] == pytest.approx([1 / (end + 1 - start)] * (end + 1 - start))
+        start = end + 1
+    assert start == num_batches
+
+
+def test_accumulation_scales_uneven_last_batch():
+    assert accumulation_scales([4, 4, 4, 1], 4, 2) == pytest.approx([0.5, 0.5, 0.8, 0.2])
+    assert accumulation_scales([4, 4, 4, 1], 4, 3) == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    assert accumulation_scales(None, 4, 3) == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    assert accumulation_scales([4, 4, 4, 1], 4, 1) == [1.0, 1.0, 1.0, 1.0]
+    assert accumulation_scales([], 0, 2) == []
+
+
+# --- loader_batch_sizes ----------------------------------------------------------------------
+def dataset(n, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, NUM_FEATURES, generator=gen, dtype=dtype)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    return TensorDataset(x, y)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_loader_batch_sizes(shuffle):
+    ds = dataset(22)
+    assert loader_batch_sizes(DataLoader(ds, batch_size=4, shuffle=shuffle)) == [4, 4, 4, 4, 4, 2]
+    assert loader_batch_sizes(DataLoader(ds, batch_size=4, shuffle=shuffle, drop_last=True)) == [4] * 5
+    assert loader_batch_sizes(DataLoader(ds, batch_size=11, shuffle=shuffle)) == [11, 11]
+    assert loader_batch_sizes(DataLoader(ds, batch_size=30, shuffle=shuffle)) == [22]
+    # sizes are the ones the loader really yields
+    assert [len(y) for _, y in DataLoader(ds, batch_size=4, shuffle=shuffle)] == [4, 4, 4, 4, 4, 2]
+
+
+def test_loader_batch_sizes_unknown_for_batch_sampler():
+    ds = dataset(10)
+    loader = DataLoader(ds, batch_sampler=[[0, 1, 2], [3], [4, 5, 6, 7, 8, 9]])
+    assert loader_batch_sizes(loader) is None
+
+
+# --- the Engine ------------------------------------------------------------------------------
+def make_engine(model, accumulate, lr=0.1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0)
+    return Engine(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        EpochSchedule(None),
+        ["accuracy"],
+        device=torch.device("cpu"),
+        accumulate=accumulate,
+        run_dir=None,
+    )
+
+
+def linear_model(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Linear(NUM_FEATURES, NUM_CLASSES).to(dtype)
+
+
+def count_steps(engine):
+    calls = []
+    original = engine.optimizer.step
+
+    def counting_step(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    engine.optimizer.step = counting_step
+    return calls
+
+
+@pytest.mark.parametrize("num_batches", [1, 2, 5, 7])
+@pytest.mark.parametrize("accumulate", [1, 2, 3, 4])
+def test_optimizer_steps_per_epoch(num_batches, accumulate):
+    batch_size = 3
+    loader = DataLoader(dataset(num_batches * batch_size - 1), batch_size=batch_size, shuffle=True)
+    assert len(loader) == num_batches
+    engine = make_engine(linear_model(), accumulate)
+    calls = count_steps(engine)
+    for epoch in range(1, 3):
+        result = engine.train_epoch(loader)
+        assert len(calls) == epoch * math.ceil(num_batches / accumulate)
+        assert set(result) == {"train/loss", "train/accuracy"}
+        assert math.isfinite(result["train/loss"]) and 0.0 <= result["train/accuracy"] <= 1.0
+
+
+def params_after_one_epoch(batch_size, accumulate, n=22, dtype=torch.float64):
+    model = linear_model(seed=1, dtype=dtype)
+    engine = make_engine(model, accumulate, lr=0.5)
+    loader = DataLoader(dataset(n, seed=2, dtype=dtype), batch_size=batch_size, shuffle=False)
+    engine.train_epoch(loader)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("n,b,k", [(22, 4, 3), (22, 4, 2), (22, 5, 2), (17, 3, 4), (12, 4, 3)])
+def test_accumulation_equals_large_batch(n, b, k):
+    small = params_after_one_epoch(b, k, n)
+    large = params_after_one_epoch(b * k, 1, n)
+    initial = list(linear_model(seed=1, dtype=torch.float64).parameters())
+    for s, l, p0 in zip(small, large, initial):
+        torch.testing.assert_close(s, l, rtol=0, atol=1e-6)
+        assert not torch.allclose(s, p0)  # training did move the weights
+
+
+def test_accumulation_equals_large_batch_float32():
+    small = params_after_one_epoch(4, 3, 22, dtype=torch.float32)
+    large = params_after_one_epoch(12, 1, 22, dtype=torch.float32)
+    for s, l in zip(small, large):
+        torch.testing.assert_close(s, l, rtol=0, atol=1e-6)
+
+
+def test_equal_scales_would_differ_on_uneven_window(monkeypatch):
+    """The comparison above is sensitive: weighting micro-batches equally changes the result."""
+    large = params_after_one_epoch(12, 1)
+    monkeypatch.setattr(engine_module, "loader_batch_sizes", lambda loader: None)
+    naive = params_after_one_epoch(4, 3)
+    assert max((a - b).abs().max().item() for a, b in zip(naive, large)) > 1e-4
+
+
+def test_no_gradients_carried_across_epochs():
+    model = linear_model()
+    engine = make_engine(model, accumulate=3)
+    loader = DataLoader(dataset(20), batch_size=4)  # 5 batches: last window is shorter
+    for _ in range(2):
+        engine.train_epoch(loader)
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_second_epoch_does_not_see_first_epoch_gradients():
+    """Two epochs of the engine equal two epochs of a hand-written large-batch loop."""
+    n, b, k = 22, 4, 3
+    model = linear_model(seed=3, dtype=torch.float64)
+    reference = copy.deepcopy(model)
+    engine = make_engine(model, accumulate=k, lr=0.3)
+    data = dataset(n, seed=4, dtype=torch.float64)
+    loader = DataLoader(data, batch_size=b, shuffle=False)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.3)
+    x, y = data.tensors
+    for _ in range(2):
+        engine.train_epoch(loader)
+        for start in range(0, n, b * k):
+            opt.zero_grad()
+            nn.functional.cross_entropy(reference(x[start : start + b * k]), y[start : start + b * k]).backward()
+            opt.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-9)
+
+
+# --- is_better -------------------------------------------------------------------------------
+def test_is_better_min():
+    assert is_better(0.5, None, "min")
+    assert is_better(0.4, 0.5, "min")
+    assert not is_better(0.5, 0.5, "min")
+    assert not is_better(0.6, 0.5, "min")
+    assert not is_better(0.45, 0.5, "min", min_delta=0.1)
+    assert is_better(0.39, 0.5, "min", min_delta=0.1)
+    assert is_better(-math.inf, None, "min") is False
+
+
+def test_is_better_max():
+    assert is_better(0.5, None, "max")
+    assert is_better(0.6, 0.5, "max")
+    assert not is_better(0.5, 0.5, "max")
+    assert not is_better(0.4, 0.5, "max")
+    assert not is_better(0.55, 0.5, "max", min_delta=0.1)
+    assert is_better(0.61, 0.5, "max", min_delta=0.1)
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("best", [None, 0.5, -1e9, 1e9])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_is_better_non_finite_never_better(mode, best, value):
+    assert is_better(value, best, mode) is False

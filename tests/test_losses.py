@@ -1,0 +1,299 @@
+"""Unit tests of trainer.losses against torch and independent numpy formulas."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.utils.class_weight import compute_class_weight
+
+from trainer.errors import UserError
+from trainer.losses import LOSSES
+from trainer.registry import build
+
+C = 5
+
+
+def make_loss(name, num_classes=C, train_labels=None, **options):
+    return build(LOSSES, {"name": name, **options}, num_classes=num_classes, train_labels=train_labels)
+
+
+def random_batch(n=32, c=C, seed=0, scale=2.0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=gen) * scale
+    target = torch.randint(0, c, (n,), generator=gen)
+    target[:c] = torch.arange(c)  # every class appears at least once
+    return logits, target
+
+
+def np_log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+WEIGHTS = [0.5, 2.0, 1.0, 3.0, 0.25]
+
+
+# --- cross-entropy ---------------------------------------------------------------------------
+@pytest.mark.parametrize("weights", [None, WEIGHTS])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_ce_equals_torch_cross_entropy(weights, smoothing):
+    logits, target = random_batch()
+    loss = make_loss("ce", weights=weights, label_smoothing=smoothing)(logits, target)
+    w = None if weights is None else torch.tensor(weights)
+    expected = F.cross_entropy(logits, target, weight=w, label_smoothing=smoothing)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+
+
+# --- focal -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("weights", [None, WEIGHTS])
+def test_focal_gamma_zero_is_cross_entropy(weights):
+    logits, target = random_batch(seed=1)
+    loss = make_loss("focal", gamma=0.0, weights=weights)(logits, target)
+    w = None if weights is None else torch.tensor(weights)
+    expected = F.cross_entropy(logits, target, weight=w)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-7)
+
+
+def numpy_focal(logits, target, gamma, weights=None):
+    log_p = np_log_softmax(logits.numpy())
+    idx = np.arange(len(target))
+    y = target.numpy()
+    log_py = log_p[idx, y]
+    p_y = np.exp(log_py)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)[y]
+    return float(np.sum(-w * (1 - p_y) ** gamma * log_py) / np.sum(w))
+
+
+@pytest.mark.parametrize("weights", [None, WEIGHTS])
+@pytest.mark.parametrize("gamma", [0.5, 2.0, 3.0])
+def test_focal_matches_independent_formula(gamma, weights):
+    logits, target = random_batch(seed=2)
+    loss = make_loss("focal", gamma=gamma, weights=weights)(logits, target)
+    assert loss.item() == pytest.approx(numpy_focal(logits, target, gamma, weights), rel=1e-5, abs=1e-7)
+
+
+def test_focal_gamma_two_is_smaller_than_ce_and_differs():
+    logits, target = random_batch(seed=3)
+    focal = make_loss("focal", gamma=2.0)(logits, target).item()
+    ce = F.cross_entropy(logits, target).item()
+    assert 0 < focal < ce
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 16),
+    c=st.integers(2, 7),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(0.01, 30.0),
+    weighted=st.booleans(),
+)
+def test_property_focal_gamma_zero_equals_ce(n, c, seed, scale, weighted):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=gen) * scale
+    target = torch.randint(0, c, (n,), generator=gen)
+    weights = (torch.rand(c, generator=gen) + 0.1).tolist() if weighted else None
+    loss = make_loss("focal", num_classes=c, gamma=0.0, weights=weights)(logits, target)
+    expected = F.cross_entropy(logits, target, weight=None if weights is None else torch.tensor(weights))
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 16),
+    c=st.integers(2, 7),
+    seed=st.integers(0, 2**31 - 1),
+    gamma=st.floats(0.0, 5.0),
+)
+def test_property_focal_matches_formula(n, c, seed, gamma):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=gen) * 3
+    target = torch.randint(0, c, (n,), generator=gen)
+    loss = make_loss("focal", num_classes=c, gamma=gamma)(logits, target)
+    assert loss.item() == pytest.approx(numpy_focal(logits, target, gamma), rel=1e-5, abs=1e-6)
+
+
+# --- label smoothing (lecture version) -------------------------------------------------------
+def numpy_lecture_smoothing(logits, target, s, weights=None):
+    log_p = np_log_softmax(logits.numpy())
+    n, c = log_p.shape
+    q = np.full((n, c), s / (c - 1))
+    q[np.arange(n), target.numpy()] = 1 - s
+    per_sample = -(q * log_p).sum(axis=1)
+    if weights is None:
+        return float(per_sample.mean())
+    w = np.asarray(weights, dtype=np.float64)[target.numpy()]
+    return float((w * per_sample).sum() / w.sum())
+
+
+@pytest.mark.parametrize("weights", [None, WEIGHTS])
+@pytest.mark.parametrize("s", [0.0, 0.1, 0.3, 0.9])
+def test_label_smoothing_matches_lecture_formula(s, weights):
+    logits, target = random_batch(seed=4)
+    loss = make_loss("label_smoothing", smoothing=s, weights=weights)(logits, target)
+    assert loss.item() == pytest.approx(numpy_lecture_smoothing(logits, target, s, weights), rel=1e-5)
+
+
+def test_label_smoothing_zero_is_cross_entropy_weighted():
+    logits, target = random_batch(seed=5)
+    loss = make_loss("label_smoothing", smoothing=0.0, weights=WEIGHTS)(logits, target)
+    expected = F.cross_entropy(logits, target, weight=torch.tensor(WEIGHTS))
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [2, 5, 10])
+@pytest.mark.parametrize("s", [0.1, 0.4])
+def test_lecture_smoothing_differs_from_torch_and_relation(c, s):
+    logits, target = random_batch(n=40, c=c, seed=6)
+    torch_ls = F.cross_entropy(logits, target, label_smoothing=s).item()
+    lecture_same_s = make_loss("label_smoothing", num_classes=c, smoothing=s)(logits, target).item()
+    assert abs(lecture_same_s - torch_ls) > 1e-4
+    # torch spreads s over all C classes: true class 1-s+s/C, others s/C, which is the lecture's
+    # target with s' = s*(C-1)/C.
+    s_prime = s * (c - 1) / c
+    lecture_equiv = make_loss("label_smoothing", num_classes=c, smoothing=s_prime)(logits, target).item()
+    assert lecture_equiv == pytest.approx(torch_ls, rel=1e-5)
+    assert numpy_lecture_smoothing(logits, target, s_prime) == pytest.approx(torch_ls, rel=1e-5)
+
+
+# --- soft F1 ---------------------------------------------------------------------------------
+def numpy_soft_f1_loss(logits, target, c, eps=1e-7):
+    p = np.exp(np_log_softmax(logits.numpy()))
+    onehot = np.eye(c)[target.numpy()]
+    tp = (onehot * p).sum(axis=0)
+    fp = ((1 - onehot) * p).sum(axis=0)
+    fn = (onehot * (1 - p)).sum(axis=0)
+    precision = tp / (tp + fp + eps)
+    recall = tp / (tp + fn + eps)
+    f1 = 2 * precision * recall / (precision + recall + eps)
+    return float(1 - np.clip(f1, eps, 1 - eps).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eps", [1e-7, 1e-3])
+def test_f1_loss_matches_independent_soft_f1(seed, eps):
+    logits, target = random_batch(seed=seed)
+    loss = make_loss("f1", epsilon=eps)(logits, target).item()
+    assert loss == pytest.approx(numpy_soft_f1_loss(logits, target, C, eps), rel=1e-5, abs=1e-6)
+    assert 0 < loss < 1
+
+
+def test_f1_loss_of_perfect_confident_logits_is_near_zero():
+    target = torch.tensor([0, 1, 2, 3, 4, 2, 1])
+    logits = F.one_hot(target, C).float() * 50.0
+    assert make_loss("f1")(logits, target).item() == pytest.approx(0.0, abs=1e-5)
+    # and all wrong is near 1
+    wrong = F.one_hot((target + 1) % C, C).float() * 50.0
+    assert make_loss("f1")(wrong, target).item() == pytest.approx(1.0, abs=1e-5)
+
+
+# --- class weights ---------------------------------------------------------------------------
+def test_balanced_weights_equal_sklearn():
+    labels = np.array([0] * 50 + [1] * 20 + [2] * 5 + [3] * 3 + [4] * 22)
+    np.random.default_rng(0).shuffle(labels)
+    expected = compute_class_weight("balanced", classes=np.arange(C), y=labels)
+    for name in ["ce", "focal", "label_smoothing"]:
+        loss = make_loss(name, weights="balanced", train_labels=labels.tolist())
+        np.testing.assert_allclose(loss.weight.numpy(), expected, rtol=1e-6)
+    # and the weights are used: ce with balanced weights equals torch's weighted CE
+    logits, target = random_batch(seed=7)
+    loss = make_loss("ce", weights="balanced", train_labels=labels)(logits, target)
+    torch.testing.assert_close(
+        loss, F.cross_entropy(logits, target, weight=torch.tensor(expected, dtype=torch.float32)), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_balanced_weights_with_missing_class_raise():
+    with pytest.raises(UserError, match=r"loss.weights=balanced.*missing: \[3\]"):
+        make_loss("ce", weights="balanced", train_labels=[0, 1, 2, 4, 0, 1])
+
+
+def test_no_weights_gives_none():
+    assert make_loss("ce").weight is None
+    assert make_loss("focal").weight is None
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "label_smoothing"])
+def test_wrong_weights_string_raises(name):
+    with pytest.raises(UserError, match=r"loss\.weights='inverse'"):
+        make_loss(name, weights="inverse", train_labels=[0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("weights", [[1.0, 2.0], [1.0] * (C + 1), []])
+@pytest.mark.parametrize("name", ["ce", "focal", "label_smoothing"])
+def test_wrong_count_of_weights_raises(name, weights):
+    with pytest.raises(UserError, match=r"loss\.weights.*5 non-negative numbers, one per class"):
+        make_loss(name, weights=weights)
+
+
+def test_negative_weight_raises():
+    with pytest.raises(UserError, match=r"loss\.weights"):
+        make_loss("ce", weights=[1.0, -1.0, 1.0, 1.0, 1.0])
+
+
+def test_scalar_weights_raise_user_error():
+    # `loss.weights=2` on the command line: a user mistake, should be a UserError naming loss.weights.
+    with pytest.raises(UserError, match=r"loss\.weights"):
+        make_loss("ce", weights=2.0)
+
+
+@pytest.mark.parametrize("gamma", [-0.5, -2])
+def test_negative_gamma_raises(gamma):
+    with pytest.raises(UserError, match=r"loss\.gamma"):
+        make_loss("focal", gamma=gamma)
+
+
+@pytest.mark.parametrize("s", [-0.1, 1.0, 1.5])
+def test_smoothing_out_of_range_raises(s):
+    with pytest.raises(UserError, match=r"loss\.smoothing"):
+        make_loss("label_smoothing", smoothing=s)
+    with pytest.raises(UserError, match=r"loss\.label_smoothing"):
+        make_loss("ce", label_smoothing=s)
+
+
+def test_unknown_option_raises_naming_key():
+    with pytest.raises(UserError, match=r"does not take gama"):
+        make_loss("focal", gama=2.0)
+
+
+# --- numerical stability ---------------------------------------------------------------------
+EXTREME_CASES = [
+    ("ce", {}),
+    ("ce", {"weights": "balanced", "label_smoothing": 0.2}),
+    ("focal", {}),
+    ("focal", {"gamma": 0.0}),
+    ("focal", {"gamma": 0.5}),
+    ("focal", {"gamma": 1.0, "weights": "balanced"}),
+    ("label_smoothing", {}),
+    ("label_smoothing", {"smoothing": 0.3, "weights": "balanced"}),
+    ("f1", {}),
+]
+
+
+def test_extreme_cases_cover_every_registered_loss():
+    assert {name for name, _ in EXTREME_CASES} == set(LOSSES.names())
+
+
+@pytest.mark.parametrize("name,options", EXTREME_CASES, ids=lambda v: v if isinstance(v, str) else str(v))
+def test_gradients_finite_on_extreme_logits(name, options):
+    labels = [0, 1, 2, 3, 4]
+    loss_fn = make_loss(name, train_labels=labels, **options)
+    big = 1e4
+    logits = torch.tensor(
+        [
+            [big, -big, 0.0, -big, big / 2],  # confidently right
+            [big, -big, 0.0, -big, big / 2],  # confidently wrong (target 1)
+            [-big, -big, -big, -big, -big],  # all equal, large magnitude
+            [big, big, -big, -big, -big],  # tie between two classes
+            [-big, -big, -big, -big, big],  # right, last class
+            [0.0, 0.0, big, 0.0, 0.0],  # wrong
+        ],
+        requires_grad=True,
+    )
+    target = torch.tensor([0, 1, 2, 0, 4, 3])
+    loss = loss_fn(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all(), logits.grad
