@@ -55,3 +55,14 @@ def trained_run(tmp_path_factory):
     result = run_module("trainer", "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return run_dir
+
+
+def compose_train(*overrides: str):
+    """The real train config, composed in-process with Hydra (no run directory, no subprocess)."""
+    from hydra import compose, initialize_config_dir
+
+    from trainer.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        return compose("train", overrides=["progress=false", *overrides])

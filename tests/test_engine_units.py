@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import trainer.engine as engine_module
-from trainer.engine import Engine, accumulation_scales, is_better, loader_batch_sizes
-from trainer.optim import EpochSchedule
+from trainer.engine import LoopSettings, Engine, accumulation_scales, is_better, loader_batch_sizes
+from trainer.optim import Schedule
 
 NUM_FEATURES, NUM_CLASSES = 6, 3
 
@@ -82,10 +82,10 @@ def make_engine(model, accumulate, lr=0.1):
         model,
         nn.CrossEntropyLoss(),
         optimizer,
-        EpochSchedule(None),
+        Schedule(None),
         ["accuracy"],
         device=torch.device("cpu"),
-        accumulate=accumulate,
+        loop=LoopSettings(accumulate=accumulate),
         run_dir=None,
     )
 

@@ -4,11 +4,14 @@ Heavy libraries (torch, timm, scikit-learn) are imported inside `train`, so `--h
 and shell completion answer without loading them.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from trainer.config import register_configs
 from trainer.errors import reported_as_exit
+from trainer.resume import redirect_resumed_run
 
 register_configs()
 
@@ -16,42 +19,47 @@ register_configs()
 def train(cfg: DictConfig) -> float:
     import logging
     import os
+    import signal
 
     from hydra.core.hydra_config import HydraConfig
 
     from trainer import build
     from trainer.callbacks import run_callbacks
-    from trainer.engine import Engine
     from trainer.errors import UserError
+    from trainer.resume import load_resume_state
 
-    build.check_config(cfg)
+    log = logging.getLogger("trainer")
     run_dir = HydraConfig.get().runtime.output_dir
+    state = None
+    if cfg.resume is not None:
+        cfg, state = load_resume_state(cfg, HydraConfig.get().overrides.task, run_dir)
+    build.check_config(cfg)
     checkpoints = os.path.join(run_dir, "checkpoints")
-    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
-        raise UserError(f"run directory '{run_dir}' already holds checkpoints; choose a new hydra.run.dir")
-    device = build.resolve_device(cfg.trainer.device)
-    build.seed_everything(cfg.seed)
-    data = build.build_data(cfg, device)
-    model, loss_fn = build.build_model_and_loss(cfg, data)
-    optimizer, schedule = build.build_optimization(cfg, model)
-    engine = Engine(
-        model, loss_fn, optimizer, schedule, cfg.metric.names,
-        device=device,
-        max_epochs=cfg.trainer.max_epochs,
-        accumulate=cfg.trainer.accumulate,
-        monitor=cfg.monitor,
-        mode=build.monitor_mode(cfg),
-        patience=cfg.trainer.patience,
-        min_delta=cfg.trainer.min_delta,
-        grad_clip_norm=cfg.trainer.grad_clip_norm,
-        run_dir=run_dir,
-        run_info={"config": build.plain(cfg), "class_names": data.class_names},
-        callbacks=run_callbacks(cfg, run_dir),
-    )
-    logging.getLogger("trainer").info(
-        f"run directory: {run_dir}  device: {device}  train/val batches: {len(data.train_loader)}/{len(data.val_loader)}"
-    )
-    summary = engine.fit(data.train_loader, data.val_loader)
+    if state is None and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+        raise UserError(
+            f"run directory '{run_dir}' already holds checkpoints; continue it with resume={run_dir}, "
+            "or choose a new hydra.run.dir"
+        )
+    engine, train_loader, val_loader = build.assemble(cfg, run_dir, run_callbacks(cfg, run_dir))
+    if state is not None:
+        engine.load_state_dict(state)
+        log.info(f"resumed from epoch {engine.epoch} of {run_dir}")
+    log.info(f"run directory: {run_dir}  device: {engine.device}  train/val batches: {len(train_loader)}/{len(val_loader)}")
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        summary = engine.fit(train_loader, val_loader)
+    except KeyboardInterrupt:
+        log.warning(
+            f"interrupted in epoch {engine.epoch + 1}; checkpoints/last.ckpt holds epoch {engine.epoch}. "
+            f"Continue with: python -m trainer resume={run_dir}"
+        )
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return summary["best_value"]
 
 
@@ -62,4 +70,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    redirect_resumed_run(sys.argv)
     main()

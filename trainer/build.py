@@ -1,5 +1,7 @@
 """Turn a composed config into the parts of a run: checks first, then data, model, loss, optimizer, schedule."""
 
+import math
+import os
 import random
 from typing import Any, Dict
 
@@ -7,12 +9,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.batches import FixedBatches, LimitedLoader, batch_count
 from trainer.data import DATASETS, DataBundle
+from trainer.engine import LoopSettings
 from trainer.errors import UserError
 from trainer.losses import LOSSES
 from trainer.metrics import METRICS, default_mode
 from trainer.models import build_model
-from trainer.optim import OPTIMIZERS, SCHEDULERS
+from trainer.optim import INTERVALS, OPTIMIZERS, SCHEDULERS
 from trainer.registry import build
 
 
@@ -24,6 +28,9 @@ def monitor_mode(cfg: DictConfig) -> str:
     return cfg.mode if cfg.mode is not None else default_mode(cfg.monitor)
 
 
+PRECISIONS = ("32", "bf16", "fp16")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before data is loaded, each with one clear message."""
     t = cfg.trainer
@@ -33,20 +40,53 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.accumulate={t.accumulate} is not valid; use an integer >= 1 (1 = no accumulation)")
     if t.patience is not None and t.patience < 1:
         raise UserError(f"trainer.patience={t.patience} is not valid; use an integer >= 1, or null for no early stopping")
-    if t.grad_clip_norm is not None and t.grad_clip_norm <= 0:
-        raise UserError(f"trainer.grad_clip_norm={t.grad_clip_norm} is not valid; use a number > 0, or null")
+    for key in ("grad_clip_norm", "grad_clip_value"):
+        if t[key] is not None and t[key] <= 0:
+            raise UserError(f"trainer.{key}={t[key]} is not valid; use a number > 0, or null")
+    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
+        raise UserError(f"trainer.ema_decay={t.ema_decay} is not valid; use a number between 0 and 1 (e.g. 0.999), or null")
+    if str(t.precision) not in PRECISIONS:
+        raise UserError(f"trainer.precision={t.precision} is not valid; use one of: {', '.join(PRECISIONS)}")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not valid; use stop or skip")
+    if t.overfit_batches < 0:
+        raise UserError(f"trainer.overfit_batches={t.overfit_batches} is not valid; use 0 (off) or a number of batches")
+    batch_count(t.limit_train_batches, 1, "trainer.limit_train_batches")
+    batch_count(t.limit_val_batches, 1, "trainer.limit_val_batches")
+    if cfg.checkpoint.save_top_k < 0:
+        raise UserError(f"checkpoint.save_top_k={cfg.checkpoint.save_top_k} is not valid; use 0 (only best and last) or more")
     if cfg.mode not in (None, "min", "max"):
         raise UserError(f"mode={cfg.mode} is not valid; use min, max, or null (min for losses, max otherwise)")
+    if "lr" in cfg.optimizer and not cfg.optimizer.lr > 0:
+        raise UserError(f"optimizer.lr={cfg.optimizer.lr} is not valid; a learning rate must be > 0")
+    interval = cfg.scheduler.get("interval", "epoch")
+    if interval not in INTERVALS:
+        raise UserError(f"scheduler.interval={interval} is not valid; use one of: {', '.join(INTERVALS)}")
+    warmup = cfg.scheduler.get("warmup_epochs", 0)
+    if not 0 <= warmup < t.max_epochs:
+        raise UserError(
+            f"scheduler.warmup_epochs={warmup} is not valid for a {t.max_epochs}-epoch run; use 0 <= warmup_epochs < trainer.max_epochs"
+        )
     for name in cfg.metric.names:
         METRICS.get(name)
     LOSSES.get(cfg.loss.name)
     OPTIMIZERS.get(cfg.optimizer.name)
     SCHEDULERS.get(cfg.scheduler.name)
     DATASETS.get(cfg.data.name)
-    valid = ["train/loss", "train/accuracy", "val/loss"] + [f"val/{name}" for name in cfg.metric.names]
+    valid = monitor_choices(cfg)
     if cfg.monitor not in valid:
         raise UserError(f"monitor={cfg.monitor} is not produced by this run; choose one of: {', '.join(valid)}")
-    resolve_device(t.device)
+    device = resolve_device(t.device)
+    if str(t.precision) == "fp16" and device.type != "cuda":
+        raise UserError("trainer.precision=fp16 needs a CUDA GPU; on the CPU use trainer.precision=bf16 or 32")
+
+
+def monitor_choices(cfg: DictConfig) -> list:
+    names = ["loss"] + list(cfg.metric.names)
+    choices = ["train/loss", "train/accuracy"] + [f"val/{name}" for name in names]
+    if cfg.trainer.ema_decay is not None:
+        choices += [f"val_ema/{name}" for name in names]
+    return choices
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,6 +109,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def configure_torch(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels when asked (bit-identical reruns); otherwise let cuDNN pick the fastest ones."""
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+
+
 def build_data(cfg: DictConfig, device: torch.device) -> DataBundle:
     return build(DATASETS, plain(cfg.data), seed=cfg.seed, pin_memory=device.type == "cuda")
 
@@ -79,9 +128,88 @@ def build_model_and_loss(cfg: DictConfig, data: DataBundle):
     return model, loss_fn
 
 
-def build_optimization(cfg: DictConfig, model: torch.nn.Module):
+def training_loaders(cfg: DictConfig, data: DataBundle):
+    """The loaders the loop runs over, after the debugging controls (fast_dev_run, limits, overfit_batches)."""
+    t = cfg.trainer
+    if t.overfit_batches:
+        fixed = FixedBatches(data.train_loader, t.overfit_batches)
+        return fixed, fixed
+    train_limit, val_limit = (1, 1) if t.fast_dev_run else (t.limit_train_batches, t.limit_val_batches)
+    train = data.train_loader
+    val = data.val_loader
+    train_count = batch_count(train_limit, len(train), "trainer.limit_train_batches")
+    val_count = batch_count(val_limit, len(val), "trainer.limit_val_batches")
+    if train_count < len(train):
+        train = LimitedLoader(train, train_count)
+    if val_count < len(val):
+        val = LimitedLoader(val, val_count)
+    return train, val
+
+
+def prepare_model(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
+    return model.to(device=device, memory_format=memory_format)
+
+
+def build_ema(cfg: DictConfig, model: torch.nn.Module):
+    if cfg.trainer.ema_decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.trainer.ema_decay)
+
+
+def build_optimization(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: int):
     optimizer = build(OPTIMIZERS, plain(cfg.optimizer), model=model)
     schedule = build(
-        SCHEDULERS, plain(cfg.scheduler), optimizer=optimizer, max_epochs=cfg.trainer.max_epochs, mode=monitor_mode(cfg)
+        SCHEDULERS, plain(cfg.scheduler), optimizer=optimizer, max_epochs=cfg.trainer.max_epochs,
+        steps_per_epoch=steps_per_epoch, mode=monitor_mode(cfg),
     )
     return optimizer, schedule
+
+
+def loop_settings(cfg: DictConfig) -> LoopSettings:
+    t = cfg.trainer
+    return LoopSettings(
+        max_epochs=1 if t.fast_dev_run else t.max_epochs,
+        accumulate=t.accumulate,
+        precision=str(t.precision),
+        grad_clip_norm=t.grad_clip_norm,
+        grad_clip_value=t.grad_clip_value,
+        channels_last=t.channels_last,
+        on_nonfinite=t.on_nonfinite,
+        monitor=cfg.monitor,
+        mode=monitor_mode(cfg),
+        patience=t.patience,
+        min_delta=t.min_delta,
+        save_top_k=cfg.checkpoint.save_top_k,
+        save_checkpoints=not t.fast_dev_run,
+    )
+
+
+def assemble(cfg: DictConfig, run_dir, callbacks=()):
+    """Every part of a training run, ready for `engine.fit(train_loader, val_loader)`."""
+    from trainer.engine import Engine
+
+    device = resolve_device(cfg.trainer.device)
+    configure_torch(cfg.trainer.deterministic, device)
+    seed_everything(cfg.seed)
+    data = build_data(cfg, device)
+    model, loss_fn = build_model_and_loss(cfg, data)
+    model = prepare_model(cfg, model, device)
+    ema = build_ema(cfg, model)
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    train_loader, val_loader = training_loaders(cfg, data)
+    optimizer, schedule = build_optimization(cfg, model, math.ceil(len(train_loader) / cfg.trainer.accumulate))
+    engine = Engine(
+        model, loss_fn, optimizer, schedule, cfg.metric.names,
+        device=device,
+        loop=loop_settings(cfg),
+        ema=ema,
+        mixup=getattr(data, "mixup", None),
+        run_dir=run_dir,
+        run_info={"config": plain(cfg), "class_names": data.class_names},
+        callbacks=callbacks,
+    )
+    return engine, train_loader, val_loader

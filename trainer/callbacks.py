@@ -46,21 +46,37 @@ class EpochLog(Callback):
 
 
 class CsvWriter(Callback):
-    """metrics.csv: one row per epoch, flushed as soon as the epoch ends."""
+    """metrics.csv: one row per epoch, flushed as soon as the epoch ends.
+
+    At the start it rewrites the file from the engine's history, so a resumed run's file holds exactly
+    the epochs of its checkpoint, whatever was written after that checkpoint before a crash.
+    """
 
     def __init__(self, path: str):
         self.path = path
         self.columns: Optional[List[str]] = None
 
+    def on_fit_start(self, engine, train_batches, val_batches) -> None:
+        self.columns = list(engine.history[0]) if engine.history else None
+        with open(self.path, "w", newline="") as f:
+            if self.columns:
+                writer = csv.DictWriter(f, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(self._row(record) for record in engine.history)
+
     def on_epoch_end(self, engine, record, improved) -> None:
         new = self.columns is None
         if new:
             self.columns = list(record)
-        with open(self.path, "a" if not new else "w", newline="") as f:
+        with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             if new:
                 writer.writeheader()
-            writer.writerow({key: ("" if isinstance(v, float) and math.isnan(v) else v) for key, v in record.items()})
+            writer.writerow(self._row(record))
+
+    @staticmethod
+    def _row(record: Dict[str, Any]) -> Dict[str, Any]:
+        return {key: ("" if isinstance(v, float) and math.isnan(v) else v) for key, v in record.items()}
 
 
 class RichProgress(Callback):

@@ -76,6 +76,7 @@ class SgdOptimizer:
     nesterov: bool = True
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False
+    head_lr: Optional[float] = None  # a separate learning rate for the classifier head (fine-tuning)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class AdamWOptimizer:
     eps: float = 1e-8
     weight_decay: float = 0.01
     decay_norm_and_bias: bool = False
+    head_lr: Optional[float] = None  # a separate learning rate for the classifier head (fine-tuning)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class AdamOptimizer:
     eps: float = 1e-8
     weight_decay: float = 0.0
     decay_norm_and_bias: bool = False
+    head_lr: Optional[float] = None  # a separate learning rate for the classifier head (fine-tuning)
 
 
 @dataclass
@@ -107,36 +110,68 @@ class RmspropOptimizer:
     eps: float = 1e-8
     weight_decay: float = 0.0
     decay_norm_and_bias: bool = False
+    head_lr: Optional[float] = None  # a separate learning rate for the classifier head (fine-tuning)
 
 
 # --- scheduler ------------------------------------------------------------------------------
+# Lengths are in epochs whatever the interval; `interval: step` converts them to optimizer steps.
 @dataclass
-class NoScheduler:
+class SchedulerBase:
+    interval: str = "epoch"  # epoch | step
+    warmup_epochs: int = 0  # a linear ramp up to optimizer.lr in front of the schedule
+    warmup_start_factor: float = 0.01
+
+
+@dataclass
+class NoScheduler(SchedulerBase):
     name: str = "none"
 
 
 @dataclass
-class StepScheduler:
+class StepScheduler(SchedulerBase):
     name: str = "step"
     step_size: int = 10
     gamma: float = 0.1
 
 
 @dataclass
-class CosineScheduler:
+class MultiStepScheduler(SchedulerBase):
+    name: str = "multistep"
+    milestones: List[int] = field(default_factory=lambda: [15, 25])
+    gamma: float = 0.1
+
+
+@dataclass
+class ExponentialScheduler(SchedulerBase):
+    name: str = "exponential"
+    gamma: float = 0.9
+
+
+@dataclass
+class CosineScheduler(SchedulerBase):
     name: str = "cosine"
-    t_max: Optional[int] = None  # null: the run's length (trainer.max_epochs)
+    t_max: Optional[int] = None  # null: the rest of the run after warmup
     eta_min: float = 0.0
 
 
 @dataclass
-class PlateauScheduler:
+class PlateauScheduler(SchedulerBase):
     name: str = "plateau"
     factor: float = 0.1
     patience: int = 3
     threshold: float = 1e-4
     cooldown: int = 0
     min_lr: float = 0.0
+
+
+@dataclass
+class OneCycleScheduler(SchedulerBase):
+    name: str = "onecycle"
+    interval: str = "step"
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    anneal_strategy: str = "cos"
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -151,9 +186,25 @@ class TrainerSettings:
     max_epochs: int = 30
     accumulate: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "32"  # 32 | bf16 | fp16 (fp16 needs CUDA; a GradScaler is used only for fp16)
     grad_clip_norm: Optional[float] = None
+    grad_clip_value: Optional[float] = None
+    ema_decay: Optional[float] = None  # e.g. 0.999: also validate an EMA of the weights (val_ema/<metric>)
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
     patience: Optional[int] = None  # early stopping: epochs without improvement of `monitor`
     min_delta: float = 0.0
+    on_nonfinite: str = "stop"  # stop | skip: what a NaN or infinite training loss does
+    limit_train_batches: Any = None  # int: that many batches; float in (0, 1]: that share of them
+    limit_val_batches: Any = None
+    fast_dev_run: bool = False  # one train and one val batch, one epoch, no checkpoints
+    overfit_batches: int = 0  # train and validate on the same first N training batches
+
+
+@dataclass
+class CheckpointSettings:
+    save_top_k: int = 0  # also keep the k best epochs as epoch-NNN_<monitor>-<value>.ckpt
 
 
 @dataclass
@@ -165,10 +216,17 @@ class TrainConfig:
     scheduler: Any = MISSING
     metric: Any = MISSING
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     seed: int = 0
     monitor: str = "val/f1"
     mode: Optional[str] = None  # min | max; null picks min for losses, max for everything else
     progress: bool = True
+    resume: Optional[str] = None  # a run directory or checkpoint to continue
+
+
+@dataclass
+class LrPreviewConfig(TrainConfig):
+    output: str = "lr_schedule.png"
 
 
 @dataclass
@@ -197,8 +255,11 @@ SCHEMAS = {
     "scheduler": {
         "none": NoScheduler,
         "step": StepScheduler,
+        "multistep": MultiStepScheduler,
+        "exponential": ExponentialScheduler,
         "cosine": CosineScheduler,
         "plateau": PlateauScheduler,
+        "onecycle": OneCycleScheduler,
     },
     "metric": {"set": MetricSet},
 }
@@ -208,6 +269,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="lr_preview_schema", node=LrPreviewConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(name=f"{group}_{name}_schema", node=node)

@@ -1,24 +1,48 @@
 """The Engine: the one place where the train loop lives.
 
     fit:          for each epoch: train_epoch, validate, pick best, step the schedule, save, stop early?
-    train_epoch:  model.train(); micro-batches with gradient accumulation; no host sync per step
+    train_epoch:  model.train(); micro-batches with exact gradient accumulation; no host sync per step
     validate:     model.eval() under torch.inference_mode(); loss and metrics from the whole epoch
 
 Callbacks only watch (progress, logs, files); every decision that changes the run is made here,
 in the order written below.
 """
 
+import contextlib
 import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from trainer.checkpoint import rng_state, save_checkpoint
+from trainer.checkpoint import rng_state, save_checkpoint, set_rng_state
+from trainer.errors import UserError
 from trainer.metrics import compute_metrics
+
+
+@dataclass
+class LoopSettings:
+    max_epochs: int = 1
+    accumulate: int = 1
+    precision: str = "32"  # 32 | bf16 | fp16
+    grad_clip_norm: Optional[float] = None
+    grad_clip_value: Optional[float] = None
+    channels_last: bool = False
+    on_nonfinite: str = "stop"  # stop | skip
+    monitor: str = "val/loss"
+    mode: str = "min"
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+    save_top_k: int = 0
+    save_checkpoints: bool = True
+
+
+class NonFiniteLoss(UserError):
+    pass
 
 
 def accumulation_scales(batch_sizes: Optional[Sequence[int]], num_batches: int, accumulate: int) -> List[float]:
@@ -40,13 +64,14 @@ def accumulation_scales(batch_sizes: Optional[Sequence[int]], num_batches: int, 
 
 
 def loader_batch_sizes(loader) -> Optional[List[int]]:
-    """Sizes of the batches a DataLoader will yield, when they can be known before iterating."""
+    """Sizes of the batches a loader will yield, when they can be known before iterating."""
+    if hasattr(loader, "batch_sizes"):
+        return loader.batch_sizes()
     batch_size = getattr(loader, "batch_size", None)
     sampler = getattr(loader, "sampler", None)
     if batch_size is None or sampler is None or not hasattr(sampler, "__len__"):
         return None
-    n = len(sampler)
-    full, rest = divmod(n, batch_size)
+    full, rest = divmod(len(sampler), batch_size)
     sizes = [batch_size] * full + ([rest] if rest and not loader.drop_last else [])
     return sizes if len(sizes) == len(loader) else None
 
@@ -68,6 +93,17 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
 class Engine:
     def __init__(
         self,
@@ -78,161 +114,281 @@ class Engine:
         metric_names: Sequence[str],
         *,
         device: torch.device,
-        max_epochs: int = 1,
-        accumulate: int = 1,
-        monitor: str = "val/loss",
-        mode: str = "min",
-        patience: Optional[int] = None,
-        min_delta: float = 0.0,
-        grad_clip_norm: Optional[float] = None,
+        loop: Optional[LoopSettings] = None,
+        ema: Optional[Any] = None,
+        mixup: Optional[Any] = None,
         run_dir: Optional[str] = None,
         run_info: Optional[Dict[str, Any]] = None,
         callbacks: Sequence[Any] = (),
     ):
+        self.loop = loop or LoopSettings()
         self.device = device
         self.model = model.to(device)
         self.loss_fn = loss_fn.to(device)
         self.optimizer = optimizer
         self.schedule = schedule
         self.metric_names = list(metric_names)
-        self.max_epochs = max_epochs
-        self.accumulate = accumulate
-        self.monitor, self.mode = monitor, mode
-        self.patience, self.min_delta = patience, min_delta
-        self.grad_clip_norm = grad_clip_norm
+        self.ema = ema
+        self.mixup = mixup
         self.run_dir = run_dir
         self.run_info = dict(run_info or {})
         self.callbacks = list(callbacks)
         self.non_blocking = device.type == "cuda"
+        self.memory_format = torch.channels_last if self.loop.channels_last else torch.contiguous_format
+        dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.loop.precision]
+        self.autocast_dtype = dtype
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.loop.precision == "fp16")
+        if self.mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.mixup_loss = SoftTargetCrossEntropy()
         # Progress of the run: all of it goes into checkpoints.
         self.epoch = 0
+        self.optimizer_steps = 0
         self.best_value: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self.bad_epochs = 0
+        self.skipped_steps = 0
+        self.top_k: List[Dict[str, Any]] = []  # {"value", "epoch", "file"} of the kept epoch checkpoints
         self.history: List[Dict[str, float]] = []
+        self._train_generator: Optional[torch.Generator] = None  # the training loader's shuffling
+        self._resumed_rng: Optional[tuple] = None
+
+    @property
+    def max_epochs(self) -> int:
+        return self.loop.max_epochs
+
+    @property
+    def monitor(self) -> str:
+        return self.loop.monitor
 
     # --- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader, val_loader) -> Dict[str, Any]:
+        self._train_generator = getattr(train_loader, "generator", None)
+        if self._resumed_rng is not None:  # exactly where the checkpoint left every random stream
+            generators, loader_state = self._resumed_rng
+            set_rng_state(generators)
+            if loader_state is not None and self._train_generator is not None:
+                self._train_generator.set_state(loader_state)
         self._notify("on_fit_start", len(train_loader), len(val_loader))
-        status = "completed"
+        status, error = "completed", None
         try:
-            while self.epoch < self.max_epochs:
+            if self.epoch == 0:
+                self._save("last.ckpt")  # an interruption in the first epoch can resume from the start
+            while self.epoch < self.loop.max_epochs:
                 epoch = self.epoch + 1
                 started = time.perf_counter()
                 self._notify("on_epoch_start", epoch)
+                if hasattr(train_loader, "set_epoch"):
+                    train_loader.set_epoch(epoch)
                 lr = self.optimizer.param_groups[0]["lr"]
-                record = {"epoch": epoch, "lr": lr, **self.train_epoch(train_loader), **self.validate(val_loader)}
+                record = {"epoch": epoch, "lr": lr, **self.train_epoch(train_loader, epoch), **self.validate(val_loader)}
                 record["seconds"] = time.perf_counter() - started
+                if self.monitor not in record:
+                    raise UserError(f"monitor={self.monitor} was not produced; this run produces: {', '.join(record)}")
                 monitored = record[self.monitor]
-                improved = is_better(monitored, self.best_value, self.mode, self.min_delta)
+                improved = is_better(monitored, self.best_value, self.loop.mode, self.loop.min_delta)
                 if improved:
                     self.best_value, self.best_epoch, self.bad_epochs = monitored, epoch, 0
                 else:
                     self.bad_epochs += 1
-                self.schedule.step(monitored)
+                self.schedule.after_epoch(monitored)
                 self.epoch = epoch
                 self.history.append(record)
-                self._save_checkpoints(improved)
+                self._save_epoch_checkpoints(record, improved)
                 self._notify("on_epoch_end", record, improved)
-                if self.patience is not None and self.bad_epochs >= self.patience:
+                if self.loop.patience is not None and self.bad_epochs >= self.loop.patience:
                     status = "stopped_early"
                     break
         except KeyboardInterrupt:
             status = "interrupted"
             raise
-        except BaseException:
-            status = "failed"
+        except BaseException as err:
+            status, error = "failed", f"{type(err).__name__}: {err}"
             raise
         finally:
-            summary = self.summary(status)
+            summary = self.summary(status, error)
             self._write_summary(summary)
             self._notify("on_fit_end", summary)
         return summary
 
-    def train_epoch(self, loader) -> Dict[str, float]:
+    def train_epoch(self, loader, epoch: int = 0) -> Dict[str, float]:
         self.model.train()
-        scales = accumulation_scales(loader_batch_sizes(loader), len(loader), self.accumulate)
-        last = len(scales) - 1
-        loss_sum = torch.zeros((), device=self.device)
+        num_batches = len(loader)
+        scales = accumulation_scales(loader_batch_sizes(loader), num_batches, self.loop.accumulate)
+        step_losses = torch.zeros(num_batches, device=self.device)
+        sizes = torch.zeros(num_batches, device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        skip_nonfinite = self.loop.on_nonfinite == "skip"
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader):
-            inputs = inputs.to(self.device, non_blocking=self.non_blocking)
-            targets = targets.to(self.device, non_blocking=self.non_blocking)
-            logits = self.model(inputs)
-            loss = self.loss_fn(logits, targets)
-            (loss * scales[i]).backward()
-            if (i + 1) % self.accumulate == 0 or i == last:
-                if self.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(targets)
+            inputs, targets = self._to_device(inputs, targets)
+            loss_targets = targets
+            if self.mixup is not None:
+                inputs, loss_targets = self.mixup(inputs, targets)
+            with self._autocast():
+                logits = self.model(inputs)
+                loss = (self.mixup_loss if self.mixup is not None else self.loss_fn)(logits, loss_targets)
+            if skip_nonfinite and not torch.isfinite(loss):  # opt-in: one host sync per micro-batch
+                self.skipped_steps += 1
+            else:
+                self.scaler.scale(loss * scales[i]).backward()
+            if (i + 1) % self.loop.accumulate == 0 or i == num_batches - 1:
+                self._optimizer_step()
+            step_losses[i] = loss.detach()
+            sizes[i] = len(targets)
             correct += (logits.detach().argmax(dim=1) == targets).sum()
-            seen += len(targets)
             self._notify("on_batch_end", "train")
-        return {"train/loss": loss_sum.item() / seen, "train/accuracy": correct.item() / seen}
+        finite = torch.isfinite(step_losses)
+        if not skip_nonfinite and not bool(finite.all()):
+            step = int((~finite).nonzero()[0]) + 1
+            raise NonFiniteLoss(
+                f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {step} of {num_batches}; "
+                "lower optimizer.lr, set trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
+            )
+        seen = sizes.sum()
+        record = {"train/loss": ((step_losses * sizes)[finite].sum() / sizes[finite].sum()).item()}
+        if self.mixup is None:  # accuracy against mixed targets means nothing
+            record["train/accuracy"] = (correct / seen).item()
+        return record
+
+    def _optimizer_step(self) -> None:
+        if self.loop.grad_clip_norm is not None or self.loop.grad_clip_value is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            if self.loop.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip_norm)
+            if self.loop.grad_clip_value is not None:
+                torch.nn.utils.clip_grad_value_(self.model.parameters(), self.loop.grad_clip_value)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.optimizer_steps)
+        self.schedule.after_optimizer_step()
 
     @torch.inference_mode()
-    def predict(self, loader):
-        """Logits and targets of a whole loader, each one tensor on the device."""
-        self.model.eval()
+    def predict(self, loader, model: Optional[nn.Module] = None):
+        """Logits (float32) and targets of a whole loader, each one tensor on the device."""
+        model = self.model if model is None else model
+        model.eval()
         logits, targets = [], []
         for inputs, target in loader:
-            logits.append(self.model(inputs.to(self.device, non_blocking=self.non_blocking)))
+            inputs, target = self._to_device(inputs, target)
+            with self._autocast():
+                logits.append(model(inputs))
             targets.append(target)
             self._notify("on_batch_end", "val")
-        return torch.cat(logits).float(), torch.cat(targets).to(self.device)
+        return torch.cat(logits).float(), torch.cat(targets)
 
     @torch.inference_mode()
     def validate(self, loader) -> Dict[str, float]:
-        logits, targets = self.predict(loader)
+        record = self._score(*self.predict(loader), prefix="val/")
+        if self.ema is not None:
+            record.update(self._score(*self.predict(loader, self.ema.module), prefix="val_ema/"))
+        return record
+
+    def _score(self, logits: torch.Tensor, targets: torch.Tensor, prefix: str) -> Dict[str, float]:
         loss = self.loss_fn(logits, targets)
         prob = torch.softmax(logits, dim=1).cpu().numpy()
-        return {"val/loss": loss.item(), **compute_metrics(self.metric_names, targets.cpu().numpy(), prob)}
+        return {f"{prefix}loss": loss.item(), **compute_metrics(self.metric_names, targets.cpu().numpy(), prob, prefix)}
+
+    def _to_device(self, inputs: torch.Tensor, targets: torch.Tensor):
+        inputs = inputs.to(self.device, non_blocking=self.non_blocking)
+        if inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=self.memory_format)
+        return inputs, targets.to(self.device, non_blocking=self.non_blocking)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        model = getattr(self.model, "module", self.model)  # unwrapped (DDP, compile)
         return {
-            "model": model.state_dict(),
+            "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.module.state_dict(),
             "epoch": self.epoch,
-            "monitor": self.monitor,
-            "mode": self.mode,
+            "optimizer_steps": self.optimizer_steps,
+            "monitor": self.loop.monitor,
+            "mode": self.loop.mode,
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
+            "skipped_steps": self.skipped_steps,
+            "top_k": self.top_k,
             "history": self.history,
             "rng": rng_state(),
+            "loader_rng": None if self._train_generator is None else self._train_generator.get_state(),
             **self.run_info,
         }
 
-    def summary(self, status: str) -> Dict[str, Any]:
-        return {
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue from a checkpoint written by `state_dict` (the model weights included)."""
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        for key in ("epoch", "optimizer_steps", "best_value", "best_epoch", "bad_epochs", "skipped_steps", "top_k", "history"):
+            setattr(self, key, state[key])
+        self._resumed_rng = (state["rng"], state.get("loader_rng"))
+
+    def summary(self, status: str, error: Optional[str] = None) -> Dict[str, Any]:
+        summary = {
             "status": status,
-            "monitor": self.monitor,
-            "mode": self.mode,
+            "monitor": self.loop.monitor,
+            "mode": self.loop.mode,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
             "epochs_run": self.epoch,
             "final": self.history[-1] if self.history else {},
         }
+        if self.skipped_steps:
+            summary["skipped_nonfinite_steps"] = self.skipped_steps
+        if status == "stopped_early":
+            summary["reason"] = (
+                f"{self.loop.monitor} did not improve by more than {self.loop.min_delta} for {self.loop.patience} epochs"
+            )
+        if error is not None:
+            summary["error"] = error
+        return summary
 
-    def _save_checkpoints(self, improved: bool) -> None:
-        if self.run_dir is None:
+    def _save(self, name: str, state: Optional[Dict[str, Any]] = None) -> None:
+        if self.run_dir is not None and self.loop.save_checkpoints:
+            save_checkpoint(state or self.state_dict(), os.path.join(self.run_dir, "checkpoints", name))
+
+    def _save_epoch_checkpoints(self, record: Dict[str, float], improved: bool) -> None:
+        if self.run_dir is None or not self.loop.save_checkpoints:
             return
-        state = self.state_dict()
-        directory = os.path.join(self.run_dir, "checkpoints")
+        value = record[self.loop.monitor]
+        new_file, evicted = None, []
+        if self.loop.save_top_k > 0 and math.isfinite(value):
+            name = f"epoch-{self.epoch:03d}_{self.loop.monitor.replace('/', '_')}-{value:.4f}.ckpt"
+            ranked = sorted(self.top_k + [{"value": value, "epoch": self.epoch, "file": name}],
+                            key=lambda entry: entry["value"], reverse=self.loop.mode == "max")
+            self.top_k, evicted = ranked[: self.loop.save_top_k], ranked[self.loop.save_top_k:]
+            new_file = name if any(entry["file"] == name for entry in self.top_k) else None
+        state = self.state_dict()  # after the bookkeeping above, so the files agree with it
+        if new_file is not None:
+            self._save(new_file, state)
+        for entry in evicted:
+            path = os.path.join(self.run_dir, "checkpoints", entry["file"])
+            if os.path.exists(path):
+                os.unlink(path)
         if improved:
-            save_checkpoint(state, os.path.join(directory, "best.ckpt"))
-        save_checkpoint(state, os.path.join(directory, "last.ckpt"))
+            self._save("best.ckpt", state)
+        self._save("last.ckpt", state)
 
     def _write_summary(self, summary: Dict[str, Any]) -> None:
         if self.run_dir is None:
             return
+        os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.join(self.run_dir, "summary.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

@@ -16,8 +16,10 @@ REQUIRED_KEYS = ("model", "config", "class_names", "epoch")
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    import copy
     import json
     import os
+    import types
 
     from omegaconf import OmegaConf
     from rich.console import Console
@@ -26,7 +28,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from trainer import build
     from trainer.callbacks import format_value
     from trainer.checkpoint import load_model_state, read_checkpoint
-    from trainer.engine import Engine, finite_or_none
+    from trainer.engine import Engine, LoopSettings, finite_or_none
     from trainer.errors import UserError
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):
@@ -48,7 +50,16 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"the data's classes {data.class_names} differ from the checkpoint's {ckpt['class_names']}")
     model, loss_fn = build.build_model_and_loss(run_cfg, data)
     load_model_state(model, ckpt["model"], path)
-    engine = Engine(model, loss_fn, None, None, run_cfg.metric.names, device=device)
+    ema = None
+    if ckpt.get("ema") is not None:  # the run validated an EMA of its weights too: so do we
+        ema_model = copy.deepcopy(model)
+        load_model_state(ema_model, ckpt["ema"], path)
+        ema = types.SimpleNamespace(module=ema_model.to(device))
+    precision = str(run_cfg.trainer.get("precision", "32"))
+    loop = LoopSettings(precision=precision if device.type == "cuda" or precision != "fp16" else "32",
+                        channels_last=run_cfg.trainer.get("channels_last", False))
+    engine = Engine(build.prepare_model(run_cfg, model, device), loss_fn, None, None, run_cfg.metric.names,
+                    device=device, loop=loop, ema=ema)
     metrics = engine.validate(data.val_loader)
 
     table = Table(title=f"validation metrics, epoch {ckpt['epoch']}", caption=path)

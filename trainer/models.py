@@ -38,6 +38,9 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def get_classifier(self) -> nn.Module:  # the same name timm models use
+        return self.head[-1]
+
 
 @MODELS.register("cnn")
 def small_cnn(width: int = 32, dropout: float = 0.1, weights=None, *, in_chans: int, num_classes: int) -> nn.Module:

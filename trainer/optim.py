@@ -12,102 +12,222 @@ OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> List[Dict[str, Any]]:
-    """Weight decay on weight matrices and kernels only: biases and norm scales (1-d) are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if decay_norm_and_bias or weight_decay == 0:
-        return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, lr: float, weight_decay: float, decay_norm_and_bias: bool,
+                 head_lr: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Split parameters into groups: biases and norm scales (1-d) get no weight decay unless asked, and the
+    classifier head (timm's `get_classifier()`) may get its own learning rate for fine-tuning."""
+    head_ids = set()
+    if head_lr is not None:
+        if not hasattr(model, "get_classifier"):
+            raise UserError("optimizer.head_lr needs a model with a classifier head (timm models and the built-in cnn have one)")
+        head_ids = {id(p) for p in model.get_classifier().parameters()}
+    groups: Dict[tuple, List[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        decayed = decay_norm_and_bias or p.ndim > 1
+        key = (head_lr if id(p) in head_ids else lr, weight_decay if decayed else 0.0)
+        groups.setdefault(key, []).append(p)
+    return [{"params": params, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), params in groups.items()]
 
 
-def _check(lr: float, weight_decay: float) -> None:
-    if not lr > 0:
-        raise UserError(f"optimizer.lr={lr} is not valid; the learning rate must be > 0")
+def _check(lr: float, weight_decay: float, head_lr: Optional[float]) -> None:
+    for key, value in (("lr", lr), ("head_lr", head_lr)):
+        if value is not None and not value > 0:
+            raise UserError(f"optimizer.{key}={value} is not valid; a learning rate must be > 0")
     if weight_decay < 0:
         raise UserError(f"optimizer.weight_decay={weight_decay} is not valid; use a number >= 0")
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0, decay_norm_and_bias=False, *, model):
-    _check(lr, weight_decay)
+def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
+    _check(lr, weight_decay, head_lr)
     if nesterov and momentum <= 0:
         raise UserError("optimizer.nesterov=true needs optimizer.momentum > 0")
-    groups = param_groups(model, weight_decay, decay_norm_and_bias)
+    groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay_norm_and_bias=False, *, model):
-    _check(lr, weight_decay)
-    groups = param_groups(model, weight_decay, decay_norm_and_bias)
+def adamw(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay_norm_and_bias=False, head_lr=None, *, model):
+    _check(lr, weight_decay, head_lr)
+    groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 @OPTIMIZERS.register("adam")
-def adam(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, *, model):
-    _check(lr, weight_decay)
-    groups = param_groups(model, weight_decay, decay_norm_and_bias)
+def adam(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
+    _check(lr, weight_decay, head_lr)
+    groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 @OPTIMIZERS.register("rmsprop")
-def rmsprop(lr, alpha=0.99, momentum=0.0, eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, *, model):
-    _check(lr, weight_decay)
-    groups = param_groups(model, weight_decay, decay_norm_and_bias)
+def rmsprop(lr, alpha=0.99, momentum=0.0, eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
+    _check(lr, weight_decay, head_lr)
+    groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, momentum=momentum, eps=eps)
 
 
-class EpochSchedule:
-    """Steps a torch scheduler once per epoch, after validation; ReduceLROnPlateau gets the monitored value."""
+class Schedule:
+    """A torch LR scheduler stepped per epoch (after validation) or per optimizer step, with optional warmup.
 
-    def __init__(self, scheduler: Optional[Any] = None):
-        self.scheduler = scheduler
-        self.needs_metric = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    Lengths in the config (step_size, milestones, t_max, warmup_epochs) are always in epochs; with
+    `interval: step` they are converted to optimizer steps. During warmup a LinearLR ramps the learning
+    rate up to its configured value; then the main scheduler takes over. ReduceLROnPlateau gets the
+    monitored value after each epoch.
+    """
 
-    def step(self, monitored: float) -> None:
-        if self.scheduler is None:
-            return
-        if self.needs_metric:
-            self.scheduler.step(monitored)
-        else:
-            self.scheduler.step()
+    def __init__(self, main: Optional[Any] = None, interval: str = "epoch", warmup: Optional[Any] = None, warmup_units: int = 0):
+        self.main = main
+        self.interval = interval
+        self.warmup = warmup
+        self.warmup_units = warmup_units
+        self.units_done = 0
+        self.needs_metric = isinstance(main, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    def _advance(self, monitored: Optional[float]) -> None:
+        if self.units_done < self.warmup_units:
+            self.warmup.step()
+        elif self.needs_metric:
+            self.main.step(monitored)
+        elif self.main is not None:
+            self.main.step()
+        self.units_done += 1
+
+    def after_optimizer_step(self) -> None:
+        if self.interval == "step":
+            self._advance(None)
+
+    def after_epoch(self, monitored: float) -> None:
+        if self.interval == "epoch":
+            self._advance(monitored)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {} if self.scheduler is None else self.scheduler.state_dict()
+        return {
+            "units_done": self.units_done,
+            "main": None if self.main is None else self.main.state_dict(),
+            "warmup": None if self.warmup is None else self.warmup.state_dict(),
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state)
+        self.units_done = state["units_done"]
+        if self.main is not None:
+            self.main.load_state_dict(state["main"])
+        if self.warmup is not None:
+            self.warmup.load_state_dict(state["warmup"])
+
+
+INTERVALS = ("epoch", "step")
+
+
+def make_schedule(main_factory, *, optimizer, interval: str, warmup_epochs: int, warmup_start_factor: float,
+                  max_epochs: int, steps_per_epoch: int) -> Schedule:
+    """Build warmup first (it lowers the learning rate at once), then the main scheduler over the rest of the run.
+
+    `main_factory(units_per_epoch, total_units)` builds the main scheduler in the schedule's units.
+    """
+    if interval not in INTERVALS:
+        raise UserError(f"scheduler.interval={interval} is not valid; use epoch or step")
+    if warmup_epochs < 0 or warmup_epochs >= max_epochs:
+        raise UserError(
+            f"scheduler.warmup_epochs={warmup_epochs} is not valid for a {max_epochs}-epoch run; "
+            f"use 0 <= warmup_epochs < trainer.max_epochs"
+        )
+    per_epoch = steps_per_epoch if interval == "step" else 1
+    warmup_units = warmup_epochs * per_epoch
+    warmup = None
+    if warmup_units:
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup_units)
+    main = main_factory(per_epoch, max_epochs * per_epoch - warmup_units)
+    return Schedule(main, interval, warmup, warmup_units)
+
+
+def _common(interval="epoch", warmup_epochs=0, warmup_start_factor=0.01):
+    if not 0 < warmup_start_factor <= 1:
+        raise UserError(f"scheduler.warmup_start_factor={warmup_start_factor} is not valid; use 0 < factor <= 1")
+    return dict(interval=interval, warmup_epochs=warmup_epochs, warmup_start_factor=warmup_start_factor)
 
 
 @SCHEDULERS.register("none")
-def no_schedule():
-    return EpochSchedule(None)
+def no_schedule(interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+    return make_schedule(lambda per_epoch, units: None, optimizer=optimizer, max_epochs=max_epochs,
+                         steps_per_epoch=steps_per_epoch, **_common(interval, warmup_epochs, warmup_start_factor))
 
 
 @SCHEDULERS.register("step")
-def step(step_size=10, gamma=0.1, *, optimizer):
+def step(step_size=10, gamma=0.1, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
     if step_size < 1:
         raise UserError(f"scheduler.step_size={step_size} is not valid; use an integer >= 1 (epochs)")
-    return EpochSchedule(torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma))
+    return make_schedule(
+        lambda per_epoch, units: torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size * per_epoch, gamma=gamma),
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        **_common(interval, warmup_epochs, warmup_start_factor),
+    )
+
+
+@SCHEDULERS.register("multistep")
+def multistep(milestones=(30, 60, 90), gamma=0.1, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+    if any(m < 1 for m in milestones) or list(milestones) != sorted(milestones):
+        raise UserError(f"scheduler.milestones={list(milestones)} is not valid; use increasing epochs >= 1")
+    return make_schedule(
+        lambda per_epoch, units: torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[m * per_epoch for m in milestones], gamma=gamma),
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        **_common(interval, warmup_epochs, warmup_start_factor),
+    )
+
+
+@SCHEDULERS.register("exponential")
+def exponential(gamma=0.95, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+    if not 0 < gamma <= 1:
+        raise UserError(f"scheduler.gamma={gamma} is not valid; use 0 < gamma <= 1 (the factor per epoch)")
+    return make_schedule(
+        lambda per_epoch, units: torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma ** (1.0 / per_epoch)),
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        **_common(interval, warmup_epochs, warmup_start_factor),
+    )
 
 
 @SCHEDULERS.register("cosine")
-def cosine(t_max=None, eta_min=0.0, *, optimizer, max_epochs):
-    t_max = max_epochs if t_max is None else t_max
-    if t_max < 1:
-        raise UserError(f"scheduler.t_max={t_max} is not valid; use an integer >= 1 (epochs) or null")
-    return EpochSchedule(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=eta_min))
+def cosine(t_max=None, eta_min=0.0, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+    if t_max is not None and t_max < 1:
+        raise UserError(f"scheduler.t_max={t_max} is not valid; use an integer >= 1 (epochs) or null (the rest of the run)")
+    return make_schedule(
+        lambda per_epoch, units: torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=units if t_max is None else t_max * per_epoch, eta_min=eta_min),
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        **_common(interval, warmup_epochs, warmup_start_factor),
+    )
 
 
 @SCHEDULERS.register("plateau")
-def plateau(factor=0.1, patience=3, threshold=1e-4, cooldown=0, min_lr=0.0, *, optimizer, mode):
+def plateau(factor=0.1, patience=3, threshold=1e-4, cooldown=0, min_lr=0.0, interval="epoch", warmup_epochs=0,
+            warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch, mode):
     if not 0 < factor < 1:
         raise UserError(f"scheduler.factor={factor} is not valid; use 0 < factor < 1")
-    return EpochSchedule(
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold, cooldown=cooldown, min_lr=min_lr
-        )
+    if interval != "epoch":
+        raise UserError("scheduler=plateau follows the monitored metric, which exists once per epoch: use scheduler.interval=epoch")
+    return make_schedule(
+        lambda per_epoch, units: torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold, cooldown=cooldown, min_lr=min_lr),
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        **_common(interval, warmup_epochs, warmup_start_factor),
+    )
+
+
+@SCHEDULERS.register("onecycle")
+def onecycle(pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal_strategy="cos", interval="step",
+             warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+    if warmup_epochs:
+        raise UserError("scheduler=onecycle warms up by itself (scheduler.pct_start): leave scheduler.warmup_epochs=0")
+    if anneal_strategy not in ("cos", "linear"):
+        raise UserError(f"scheduler.anneal_strategy={anneal_strategy} is not valid; use cos or linear")
+    max_lrs = [group["lr"] for group in optimizer.param_groups]
+    return make_schedule(
+        lambda per_epoch, units: torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lrs, total_steps=units, pct_start=pct_start, div_factor=div_factor,
+            final_div_factor=final_div_factor, anneal_strategy=anneal_strategy),
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        **_common(interval, warmup_epochs, warmup_start_factor),
     )

@@ -1,0 +1,202 @@
+"""Resume after any crash, refuse unsafe checkpoints, stop on non-finite losses: each tried for real."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, cli_env, compose_train, read_csv, read_json, run_module
+from trainer import build
+from trainer.engine import NonFiniteLoss
+
+RUN = ["trainer.deterministic=true", "trainer.max_epochs=4", "checkpoint.save_top_k=2", "monitor=val/loss"]
+
+
+def comparable(run_dir):
+    rows = read_csv(run_dir / "metrics.csv")
+    for row in rows:
+        row.pop("seconds")
+    summary = read_json(run_dir / "summary.json")
+    summary["final"].pop("seconds")
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*.ckpt"))
+    return rows, summary, kept
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    result = run_module("trainer", *RUN, f"hydra.run.dir={root / 'run'}", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return comparable(root / "run")
+
+
+def start(run_dir, *extra, env_extra=None):
+    env = cli_env()
+    env.update(env_extra or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer", *RUN, *extra, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_epochs(run_dir, count, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "metrics.csv"
+        if path.exists() and len(path.read_text().splitlines()) > count:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the run did not reach the expected epoch in time")
+
+
+def resume(run_dir, *extra):
+    result = run_module("trainer", f"resume={run_dir}", *extra, cwd=run_dir.parent)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_epochs(run_dir, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert f"python -m trainer resume={run_dir}" in out + err
+    assert read_json(run_dir / "summary.json")["status"] == "interrupted"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] >= 1
+    resume(run_dir)
+    assert comparable(run_dir) == reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(2))
+def test_sigkill_at_a_random_moment_then_resume(tmp_path, reference, attempt):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_epochs(run_dir, 1 + attempt, proc)
+    time.sleep(random.uniform(0, 0.4))
+    proc.kill()
+    proc.communicate(timeout=60)
+    resume(run_dir)
+    assert comparable(run_dir) == reference
+
+
+KILL_DURING_SAVE = """
+import os, signal, torch
+_save, _calls = torch.save, [0]
+def save(obj, f, *args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] == int(os.environ["KILL_AT_SAVE"]):
+        f.write(b"PK\\x03\\x04 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _save(obj, f, *args, **kwargs)
+torch.save = save
+"""
+
+
+@pytest.mark.slow
+def test_kill_in_the_middle_of_a_checkpoint_write(tmp_path, reference):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_DURING_SAVE)
+    run_dir = tmp_path / "run"
+    # saves: last (epoch 0), then per epoch best/top-k/last; the 6th is inside epoch 2's writes
+    proc = start(run_dir, env_extra={"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "KILL_AT_SAVE": "6"})
+    proc.communicate(timeout=180)
+    assert proc.returncode == -signal.SIGKILL
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # the previous one, whole
+    assert last["epoch"] == 1
+    resume(run_dir)
+    assert comparable(run_dir) == reference
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_refuses_overrides_that_change_the_run_but_extends_epochs(tmp_path, cli):
+    run_dir = tmp_path / "run"
+    assert cli("trainer", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    refused = cli("trainer", f"resume={run_dir}", "loss=focal")
+    assert refused.returncode == 2 and "loss=focal would change the meaning" in refused.stderr
+    refused = cli("trainer", f"resume={run_dir}", "optimizer.lr=0.1")
+    assert refused.returncode == 2 and "optimizer.lr=0.1" in refused.stderr
+    resume(run_dir, "trainer.max_epochs=2")
+    assert [int(r["epoch"]) for r in read_csv(run_dir / "metrics.csv")] == [1, 2]
+    assert read_json(run_dir / "summary.json")["epochs_run"] == 2
+    missing = cli("trainer", f"resume={tmp_path / 'nowhere'}")
+    assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+class NaNAt:
+    """Cross-entropy that returns NaN at one chosen step of one chosen epoch."""
+
+    def __init__(self, loss_fn, engine_ref, epoch, step):
+        self.loss_fn, self.engine_ref, self.epoch, self.step, self.calls = loss_fn, engine_ref, epoch, step, 0
+
+    def to(self, device):
+        return self
+
+    def __call__(self, logits, targets):
+        loss = self.loss_fn(logits, targets)
+        engine = self.engine_ref[0]
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if engine.epoch + 1 == self.epoch and self.calls == self.step + (self.epoch - 1) * 23:
+                return loss * float("nan")
+        return loss
+
+
+def engine_with_nan(tmp_path, *overrides):
+    cfg = compose_train("trainer.max_epochs=3", *overrides)
+    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
+    ref = [engine]
+    engine.loss_fn = NaNAt(engine.loss_fn, ref, epoch=2, step=5)
+    return engine, train_loader, val_loader
+
+
+def test_nonfinite_loss_stops_the_run_and_spares_best(tmp_path):
+    engine, train_loader, val_loader = engine_with_nan(tmp_path)
+    with pytest.raises(NonFiniteLoss, match="epoch 2, step 5 of 23"):
+        engine.fit(train_loader, val_loader)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in best["model"].values() if t.is_floating_point())
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["status"] == "failed" and "epoch 2, step 5" in summary["error"]
+
+
+def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path):
+    engine, train_loader, val_loader = engine_with_nan(tmp_path, "trainer.on_nonfinite=skip")
+    summary = engine.fit(train_loader, val_loader)
+    assert summary["status"] == "completed" and summary["skipped_nonfinite_steps"] == 1
+    assert summary["final"]["val/accuracy"] > 0.9
+
+
+def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path, cli):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"model": {}, "config": Payload()}, evil)
+    for module, arg in (("trainer.evaluate", f"ckpt_path={evil}"), ("trainer", f"resume={evil}"), ("trainer", f"model.weights={evil}")):
+        result = cli(module, arg, f"hydra.run.dir={tmp_path / 'run'}" if module == "trainer" else "progress=false")
+        assert result.returncode == 2, result.stderr
+        assert "refusing to load" in result.stderr and "evil.ckpt" in result.stderr
+        assert not marker.exists()
+
+
+def test_weights_of_another_architecture_are_named(trained_run, cli, tmp_path):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    result = cli("trainer", f"model.weights={ckpt}", "model.width=16", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "do not fit this model" in result.stderr and "shape mismatches" in result.stderr
+    assert "file (32, 1, 3, 3) vs model (16, 1, 3, 3)" in result.stderr

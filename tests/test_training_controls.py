@@ -1,0 +1,189 @@
+"""Optimizers, schedules and the engine's controls, each checked by what it does to a real run."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import compose_train, read_csv, read_json
+from trainer import build
+from trainer.errors import UserError
+from trainer.lr_preview import schedule_lrs
+from trainer.optim import param_groups
+
+LR = 3e-3  # the default adamw learning rate
+
+
+def epoch_lrs(*overrides, steps_per_epoch=4):
+    cfg = compose_train(*overrides)
+    model = torch.nn.Linear(2, 2)
+    rows = schedule_lrs(cfg, steps_per_epoch, model)
+    return [lrs[0] for epoch, step, lrs in rows if step == 0], [lrs[0] for _, _, lrs in rows]
+
+
+def test_cosine_spans_the_run_after_a_linear_warmup():
+    epochs, _ = epoch_lrs("scheduler=cosine", "scheduler.warmup_epochs=2", "trainer.max_epochs=10")
+    start = 0.01 * LR
+    assert epochs[0] == pytest.approx(start)
+    assert epochs[1] == pytest.approx(start + (LR - start) / 2)
+    for e in range(3, 11):  # cosine over the 8 epochs after warmup
+        assert epochs[e - 1] == pytest.approx(LR * (1 + math.cos(math.pi * (e - 3) / 8)) / 2, rel=1e-6)
+
+
+def test_step_interval_converts_epochs_to_optimizer_steps():
+    _, steps = epoch_lrs("scheduler=cosine", "scheduler.interval=step", "trainer.max_epochs=3", steps_per_epoch=5)
+    assert len(steps) == 15
+    for i, lr in enumerate(steps):
+        assert lr == pytest.approx(LR * (1 + math.cos(math.pi * i / 15)) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_step_and_exponential_decay_per_epoch(interval):
+    epochs, _ = epoch_lrs("scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5", f"scheduler.interval={interval}", "trainer.max_epochs=6")
+    assert epochs == pytest.approx([LR * 0.5 ** ((e - 1) // 2) for e in range(1, 7)])
+    epochs, _ = epoch_lrs("scheduler=exponential", "scheduler.gamma=0.8", f"scheduler.interval={interval}", "trainer.max_epochs=5")
+    assert epochs == pytest.approx([LR * 0.8 ** (e - 1) for e in range(1, 6)])
+
+
+def test_multistep_and_onecycle_match_torch():
+    epochs, _ = epoch_lrs("scheduler=multistep", "scheduler.milestones=[2,4]", "scheduler.gamma=0.1", "trainer.max_epochs=5")
+    assert epochs == pytest.approx([LR, LR, LR * 0.1, LR * 0.1, LR * 0.01])
+    _, steps = epoch_lrs("scheduler=onecycle", "trainer.max_epochs=3", steps_per_epoch=4)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    reference = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=12)
+    expected = []
+    for _ in range(12):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        reference.step()
+    assert steps == pytest.approx(expected)
+
+
+def test_plateau_follows_the_monitor():
+    # the preview feeds a metric that never improves: the rate drops after `patience` bad epochs
+    epochs, _ = epoch_lrs("scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5", "trainer.max_epochs=6")
+    assert epochs == pytest.approx([LR, LR, LR, LR * 0.5, LR * 0.5, LR * 0.25])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["scheduler.interval=batch"], "scheduler.interval=batch is not valid"),
+        (["scheduler.warmup_epochs=5", "trainer.max_epochs=5"], "scheduler.warmup_epochs=5 is not valid for a 5-epoch run"),
+        (["optimizer.lr=0"], "optimizer.lr=0.0 is not valid"),
+        (["trainer.precision=fp16", "trainer.device=cpu"], "trainer.precision=fp16 needs a CUDA GPU"),
+        (["trainer.precision=16"], "trainer.precision=16 is not valid"),
+        (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite=ignore is not valid"),
+        (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5 is not valid"),
+        (["trainer.ema_decay=1.5"], "trainer.ema_decay=1.5 is not valid"),
+        (["scheduler=plateau", "scheduler.interval=step"], "scheduler=plateau follows the monitored metric"),
+    ],
+)
+def test_bad_controls_are_refused_before_training(overrides, message):
+    cfg = compose_train(*overrides)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build.check_config(cfg)
+        build.assemble(cfg, run_dir=None)
+
+
+def test_weight_decay_skips_biases_and_norms_and_head_gets_its_own_rate():
+    cfg = compose_train()
+    model = build.build_model_and_loss(cfg, build.build_data(cfg, torch.device("cpu")))[0]
+    groups = param_groups(model, lr=0.1, weight_decay=0.01, decay_norm_and_bias=False, head_lr=1.0)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for group in groups:
+        for p in group["params"]:
+            assert group["lr"] == (1.0 if id(p) in head else 0.1)
+            assert group["weight_decay"] == (0.01 if p.ndim > 1 else 0.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def run_in_process(tmp_path, *overrides):
+    cfg = compose_train(*overrides)
+    build.check_config(cfg)
+    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
+    summary = engine.fit(train_loader, val_loader)
+    return engine, summary
+
+
+def test_early_stopping_records_why(tmp_path):
+    # the validation loss falls while training works, so "max" mode never sees an improvement after epoch 1
+    engine, summary = run_in_process(tmp_path, "monitor=val/loss", "mode=max", "trainer.patience=2", "trainer.max_epochs=10")
+    assert summary["status"] == "stopped_early"
+    assert summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+    assert "did not improve" in summary["reason"]
+    assert read_json(tmp_path / "summary.json")["status"] == "stopped_early"
+
+
+def test_save_top_k_keeps_the_k_best_epochs(tmp_path):
+    engine, summary = run_in_process(tmp_path, "checkpoint.save_top_k=2", "trainer.max_epochs=5", "monitor=val/loss")
+    losses = {row["epoch"]: row["val/loss"] for row in engine.history}
+    best_two = sorted(losses, key=losses.get)[:2]
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*.ckpt"))
+    assert files == sorted(f"epoch-{e:03d}_val_loss-{losses[e]:.4f}.ckpt" for e in best_two)
+    for name in files:
+        assert torch.load(tmp_path / "checkpoints" / name, weights_only=True)["epoch"] in best_two
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    def first_update(*overrides):
+        cfg = compose_train("optimizer=sgd", "optimizer.lr=1.0", "optimizer.momentum=0", "optimizer.nesterov=false",
+                            "optimizer.weight_decay=0", "trainer.limit_train_batches=1", *overrides)
+        engine, train_loader, _ = build.assemble(cfg, run_dir=None)
+        before = torch.cat([p.detach().flatten().clone() for p in engine.model.parameters()])
+        engine.train_epoch(train_loader)
+        return torch.cat([p.detach().flatten() for p in engine.model.parameters()]) - before
+
+    free = first_update()
+    assert free.norm() > 0.5
+    assert first_update("trainer.grad_clip_norm=0.5").norm() == pytest.approx(0.5, rel=1e-4)
+    assert first_update("trainer.grad_clip_value=0.001").abs().max() <= 0.001 + 1e-7
+
+
+def test_debug_controls_shrink_the_run(tmp_path):
+    engine, summary = run_in_process(tmp_path / "limit", "trainer.limit_train_batches=3", "trainer.limit_val_batches=0.5", "trainer.max_epochs=1")
+    assert engine.optimizer_steps == 3
+    engine, summary = run_in_process(tmp_path / "fast", "trainer.fast_dev_run=true")
+    assert summary["epochs_run"] == 1 and engine.optimizer_steps == 1
+    assert not (tmp_path / "fast" / "checkpoints").exists()
+    engine, summary = run_in_process(tmp_path / "overfit", "trainer.overfit_batches=2", "trainer.max_epochs=15", "data.batch_size=8")
+    assert engine.optimizer_steps == 30
+    assert summary["final"]["val/accuracy"] == 1.0  # validated on the same 16 memorised images
+
+
+def test_bf16_autocast_trains_without_a_grad_scaler(tmp_path):
+    engine, summary = run_in_process(tmp_path, "trainer.precision=bf16", "trainer.max_epochs=2", "trainer.device=cpu")
+    assert not engine.scaler.is_enabled()
+    assert summary["final"]["val/accuracy"] > 0.8
+
+
+def test_channels_last_and_ema(tmp_path):
+    engine, summary = run_in_process(tmp_path, "trainer.channels_last=true", "trainer.ema_decay=0.9", "monitor=val_ema/f1", "trainer.max_epochs=2")
+    conv = next(m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert {"val_ema/loss", "val_ema/f1"} <= set(summary["final"])
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["ema"] is not None and best["epoch"] == summary["best_epoch"]
+    ema_weights = torch.cat([t.flatten().float() for t in best["ema"].values()])
+    raw_weights = torch.cat([t.flatten().float() for t in best["model"].values()])
+    assert not torch.equal(ema_weights, raw_weights)
+
+
+def test_deterministic_runs_are_bit_identical(cli, tmp_path):
+    for name in ("a", "b"):
+        result = cli("trainer", "trainer.deterministic=true", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr
+    rows = [read_csv(tmp_path / name / "metrics.csv") for name in ("a", "b")]
+    for row_a, row_b in zip(*rows):
+        row_a.pop("seconds"), row_b.pop("seconds")
+        assert row_a == row_b
+    states = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["model"] for name in ("a", "b")]
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+@pytest.mark.slow
+def test_torch_compile(tmp_path):
+    engine, summary = run_in_process(tmp_path, "trainer.compile=true", "trainer.max_epochs=1")
+    assert summary["status"] == "completed"
+    assert "_orig_mod." not in "".join(torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["model"])

@@ -1,0 +1,95 @@
+"""`python -m trainer.lr_preview [train overrides]`: draw the learning-rate schedule a run would use, without training.
+
+The data is read once (for the number of optimizer steps per epoch) and the model is built (for its
+parameter groups); then the schedule is stepped exactly as the Engine steps it. ReduceLROnPlateau
+depends on the monitored metric: the preview assumes it never improves after the first epoch.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from trainer.config import register_configs
+from trainer.errors import reported_as_exit
+
+register_configs()
+
+
+def schedule_lrs(cfg: DictConfig, steps_per_epoch: int, model) -> list:
+    """Per optimizer step: (epoch, step within epoch, learning rate of every parameter group)."""
+    import warnings
+
+    from trainer import build
+
+    optimizer, schedule = build.build_optimization(cfg, model, steps_per_epoch)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for epoch in range(1, cfg.trainer.max_epochs + 1):
+            for step in range(steps_per_epoch):
+                rows.append((epoch, step, [group["lr"] for group in optimizer.param_groups]))
+                schedule.after_optimizer_step()
+            schedule.after_epoch(0.0)
+    return rows
+
+
+def preview(cfg: DictConfig) -> list:
+    import math
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainer import build
+    from trainer.callbacks import format_value
+
+    build.check_config(cfg)
+    device = build.resolve_device("cpu")
+    build.seed_everything(cfg.seed)
+    data = build.build_data(cfg, device)
+    model, _ = build.build_model_and_loss(cfg, data)
+    train_loader, _ = build.training_loaders(cfg, data)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.accumulate)
+    rows = schedule_lrs(cfg, steps_per_epoch, model)
+    if all(len(set(lrs)) == 1 for _, _, lrs in rows):  # groups differ only in weight decay: one column
+        rows = [(epoch, step, lrs[:1]) for epoch, step, lrs in rows]
+
+    table = Table(title=f"scheduler={cfg.scheduler.name}: learning rate at the start of each epoch")
+    table.add_column("epoch", justify="right")
+    groups = len(rows[0][2])
+    for g in range(groups):
+        table.add_column("lr" if groups == 1 else f"lr (group {g})", justify="right")
+    for epoch, step, lrs in rows:
+        if step == 0:
+            table.add_row(str(epoch), *(format_value(lr) for lr in lrs))
+    Console().print(table)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    x = [epoch - 1 + step / steps_per_epoch for epoch, step, _ in rows]
+    for g in range(groups):
+        ax.plot(x, [lrs[g] for _, _, lrs in rows], label=f"group {g}" if groups > 1 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"scheduler={cfg.scheduler.name}, interval={cfg.scheduler.get('interval', 'epoch')}, "
+                 f"warmup_epochs={cfg.scheduler.get('warmup_epochs', 0)}")
+    if groups > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(cfg.output)
+    plt.close(fig)
+    print(f"written: {cfg.output}")
+    return rows
+
+
+@hydra.main(config_path="../conf", config_name="lr_preview", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with reported_as_exit():
+        preview(cfg)
+
+
+if __name__ == "__main__":
+    main()
