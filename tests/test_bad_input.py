@@ -36,6 +36,16 @@ def test_bad_configuration_is_refused(cli, tmp_path, args, phrases):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_unwritable_output_directory(cli):
+    result = cli("trainer", "hydra.run.dir=/proc/no/such/dir")
+    assert_refused(result, "hydra.run.dir=/proc/no/such/dir cannot be created", "writable directory")
+
+
+def test_fp16_needs_a_gpu(cli, tmp_path):
+    assert_refused(cli("trainer", "trainer.precision=fp16", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"),
+                   "trainer.precision=fp16 needs a CUDA GPU")
+
+
 def test_pretrained_weights_offline_name_the_alternative(cli, tmp_path):
     result = cli("trainer", "model=timm", "model.pretrained=true", f"hydra.run.dir={tmp_path / 'run'}")
     assert_refused(result, "pretrained weights", "model.weights=")

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from trainer.config import register_configs
 from trainer.errors import reported_as_exit
-from trainer.resume import redirect_resumed_run
+from trainer import command_line
 
 register_configs()
 
@@ -70,5 +70,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    redirect_resumed_run(sys.argv)
+    command_line.prepare(sys.argv)
     main()

@@ -1,7 +1,7 @@
 """`python -m trainer resume=<run dir or checkpoint>`: continue a run in its own directory, with its stored config."""
 
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 # Overrides that may accompany resume=: they change how or how long the run goes, not what it computes.
 RESUMABLE_OVERRIDES = ("trainer.max_epochs", "trainer.device", "progress", "data.num_workers")
@@ -13,16 +13,6 @@ def checkpoint_of(target: str) -> str:
 
 def run_dir_of(checkpoint: str) -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-
-
-def redirect_resumed_run(argv: List[str]) -> None:
-    """Point Hydra at the resumed run's own directory (its .hydra/ is kept; the new one goes to .hydra/resumed)."""
-    targets = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("resume=")]
-    if not targets or any(arg.startswith(("hydra.run.dir=", "-m", "--multirun")) for arg in argv[1:]):
-        return
-    checkpoint = checkpoint_of(targets[-1])
-    if os.path.isfile(checkpoint):
-        argv += [f"hydra.run.dir={run_dir_of(checkpoint)}", "hydra.output_subdir=.hydra/resumed"]
 
 
 def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str) -> Tuple[Any, Dict[str, Any]]:
