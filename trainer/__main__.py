@@ -44,7 +44,12 @@ def train(cfg: DictConfig) -> float:
     if state is not None:
         engine.load_state_dict(state)
         log.info(f"resumed from epoch {engine.epoch} of {run_dir}")
-    log.info(f"run directory: {run_dir}  device: {engine.device}  train/val batches: {len(train_loader)}/{len(val_loader)}")
+    place = engine.place
+    global_batch = cfg.data.batch_size * place.world_size * cfg.trainer.accumulate
+    log.info(
+        f"run directory: {run_dir}  device: {engine.device}  processes: {place.world_size}  "
+        f"train/val batches: {len(train_loader)}/{len(val_loader)}  global batch: {global_batch}"
+    )
 
     def stop(signum, frame):
         raise KeyboardInterrupt

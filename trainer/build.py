@@ -188,16 +188,35 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
 
 
 def assemble(cfg: DictConfig, run_dir, callbacks=()):
-    """Every part of a training run, ready for `engine.fit(train_loader, val_loader)`."""
+    """Every part of a training run, ready for `engine.fit(train_loader, val_loader)`.
+
+    Under torchrun the loaders are sharded, the model is wrapped in DistributedDataParallel, and only
+    rank 0 gets the run directory and the callbacks: the other ranks compute and stay silent.
+    """
+    import dataclasses
+
+    from trainer import distributed
     from trainer.engine import Engine
 
-    device = resolve_device(cfg.trainer.device)
+    place = distributed.current_place()
+    device = distributed.device_for(place, resolve_device(cfg.trainer.device))
     configure_torch(cfg.trainer.deterministic, device)
     seed_everything(cfg.seed)
     data = build_data(cfg, device)
+    if place.launched:
+        if cfg.trainer.on_nonfinite == "skip" and place.world_size > 1:
+            raise UserError("trainer.on_nonfinite=skip cannot be used with several processes (their steps would diverge)")
+        train, val = distributed.shard_loaders(data.train_loader, data.val_loader, place, cfg.seed)
+        data = dataclasses.replace(data, train_loader=train, val_loader=val)
     model, loss_fn = build_model_and_loss(cfg, data)
+    if cfg.trainer.sync_batchnorm and place.world_size > 1:
+        if device.type != "cuda":
+            raise UserError("trainer.sync_batchnorm=true needs CUDA GPUs (torch's SyncBatchNorm does not run on CPUs)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = prepare_model(cfg, model, device)
     ema = build_ema(cfg, model)
+    if place.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.trainer.compile:
         model = torch.compile(model)
     train_loader, val_loader = training_loaders(cfg, data)
@@ -208,8 +227,9 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         loop=loop_settings(cfg),
         ema=ema,
         mixup=getattr(data, "mixup", None),
-        run_dir=run_dir,
+        run_dir=run_dir if place.is_main else None,
         run_info={"config": plain(cfg), "class_names": data.class_names},
-        callbacks=callbacks,
+        callbacks=callbacks if place.is_main else (),
+        place=place,
     )
     return engine, train_loader, val_loader

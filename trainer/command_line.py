@@ -45,8 +45,30 @@ def output_dir_problem(argv: List[str]):
     return None
 
 
+def join_torchrun(argv: List[str]) -> None:
+    """Under torchrun every rank runs this command: they must share rank 0's run directory, and only
+    rank 0 writes Hydra's files and the log file."""
+    from trainer import distributed
+
+    if not distributed.launched_by_torchrun():
+        return
+    if {"-m", "--multirun"} & set(argv):
+        print("error: a sweep (-m) cannot run under torchrun; run each job with torchrun instead", file=sys.stderr)
+        raise SystemExit(2)
+    place = distributed.init_process_group()
+    if value_of(argv, "hydra.run.dir") is None:
+        import datetime
+
+        now = datetime.datetime.now()
+        chosen = os.path.join("outputs", now.strftime("%Y-%m-%d"), now.strftime("%H-%M-%S-%f"))
+        argv.append(f"hydra.run.dir={distributed.broadcast_from_main(chosen)}")
+    if not place.is_main:
+        argv += ["hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING", "hydra.job_logging.root.handlers=[console]"]
+
+
 def prepare(argv: List[str]) -> None:
     redirect_resumed_run(argv)
+    join_torchrun(argv)
     problem = output_dir_problem(argv)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

@@ -28,6 +28,7 @@ class CnnModel:
     name: str = "cnn"
     width: int = 32
     dropout: float = 0.1
+    norm: str = "batch"  # batch | group | none (group and none do not depend on the batch)
     weights: Optional[str] = None
 
 
@@ -192,6 +193,7 @@ class TrainerSettings:
     ema_decay: Optional[float] = None  # e.g. 0.999: also validate an EMA of the weights (val_ema/<metric>)
     channels_last: bool = False
     compile: bool = False
+    sync_batchnorm: bool = False  # with torchrun on GPUs: batch statistics over all processes
     deterministic: bool = False
     patience: Optional[int] = None  # early stopping: epochs without improvement of `monitor`
     min_delta: float = 0.0

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from trainer.checkpoint import rng_state, save_checkpoint, set_rng_state
+from trainer.distributed import Place, all_reduce_sum, gather_in_order
 from trainer.errors import UserError
 from trainer.metrics import compute_metrics
 
@@ -120,10 +121,14 @@ class Engine:
         run_dir: Optional[str] = None,
         run_info: Optional[Dict[str, Any]] = None,
         callbacks: Sequence[Any] = (),
+        place: Optional[Place] = None,
     ):
         self.loop = loop or LoopSettings()
+        self.place = place or Place()
         self.device = device
         self.model = model.to(device)
+        # Validation runs on the plain module: no DistributedDataParallel collectives for uneven shards.
+        self.eval_model = unwrap(model) if self.place.world_size > 1 else self.model
         self.loss_fn = loss_fn.to(device)
         self.optimizer = optimizer
         self.schedule = schedule
@@ -179,8 +184,9 @@ class Engine:
                 epoch = self.epoch + 1
                 started = time.perf_counter()
                 self._notify("on_epoch_start", epoch)
-                if hasattr(train_loader, "set_epoch"):
-                    train_loader.set_epoch(epoch)
+                sampler = getattr(train_loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)  # DistributedSampler: a new permutation each epoch
                 lr = self.optimizer.param_groups[0]["lr"]
                 record = {"epoch": epoch, "lr": lr, **self.train_epoch(train_loader, epoch), **self.validate(val_loader)}
                 record["seconds"] = time.perf_counter() - started
@@ -226,30 +232,39 @@ class Engine:
             loss_targets = targets
             if self.mixup is not None:
                 inputs, loss_targets = self.mixup(inputs, targets)
-            with self._autocast():
-                logits = self.model(inputs)
-                loss = (self.mixup_loss if self.mixup is not None else self.loss_fn)(logits, loss_targets)
-            if skip_nonfinite and not torch.isfinite(loss):  # opt-in: one host sync per micro-batch
-                self.skipped_steps += 1
-            else:
-                self.scaler.scale(loss * scales[i]).backward()
-            if (i + 1) % self.loop.accumulate == 0 or i == num_batches - 1:
+            closes_window = (i + 1) % self.loop.accumulate == 0 or i == num_batches - 1
+            # Inside an accumulation window DDP need not all-reduce: only the window's last backward does.
+            sync = contextlib.nullcontext() if closes_window or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = self.model(inputs)
+                    loss = (self.mixup_loss if self.mixup is not None else self.loss_fn)(logits, loss_targets)
+                if skip_nonfinite and not torch.isfinite(loss):  # opt-in: one host sync per micro-batch
+                    self.skipped_steps += 1
+                else:
+                    self.scaler.scale(loss * scales[i]).backward()
+            if closes_window:
                 self._optimizer_step()
             step_losses[i] = loss.detach()
             sizes[i] = len(targets)
             correct += (logits.detach().argmax(dim=1) == targets).sum()
             self._notify("on_batch_end", "train")
         finite = torch.isfinite(step_losses)
-        if not skip_nonfinite and not bool(finite.all()):
+        # One reduction per epoch: every rank sees the same totals and takes the same decisions.
+        totals = all_reduce_sum(torch.stack([
+            (step_losses * sizes)[finite].sum(), sizes[finite].sum(), sizes.sum(), correct.float(), (~finite).sum().float(),
+        ]), self.place)
+        if not skip_nonfinite and totals[4] > 0:
+            if bool(finite.all()):
+                raise NonFiniteLoss(f"the training loss became non-finite on another process in epoch {epoch}")
             step = int((~finite).nonzero()[0]) + 1
             raise NonFiniteLoss(
                 f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {step} of {num_batches}; "
                 "lower optimizer.lr, set trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
             )
-        seen = sizes.sum()
-        record = {"train/loss": ((step_losses * sizes)[finite].sum() / sizes[finite].sum()).item()}
+        record = {"train/loss": (totals[0] / totals[1]).item()}
         if self.mixup is None:  # accuracy against mixed targets means nothing
-            record["train/accuracy"] = (correct / seen).item()
+            record["train/accuracy"] = (totals[3] / totals[2]).item()
         return record
 
     def _optimizer_step(self) -> None:
@@ -264,13 +279,13 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         if self.ema is not None:
-            self.ema.update(self.model, step=self.optimizer_steps)
+            self.ema.update(unwrap(self.model), step=self.optimizer_steps)
         self.schedule.after_optimizer_step()
 
     @torch.inference_mode()
     def predict(self, loader, model: Optional[nn.Module] = None):
         """Logits (float32) and targets of a whole loader, each one tensor on the device."""
-        model = self.model if model is None else model
+        model = self.eval_model if model is None else model
         model.eval()
         logits, targets = [], []
         for inputs, target in loader:
@@ -279,7 +294,7 @@ class Engine:
                 logits.append(model(inputs))
             targets.append(target)
             self._notify("on_batch_end", "val")
-        return torch.cat(logits).float(), torch.cat(targets)
+        return gather_in_order(torch.cat(logits).float(), self.place), gather_in_order(torch.cat(targets), self.place)
 
     @torch.inference_mode()
     def validate(self, loader) -> Dict[str, float]:

@@ -19,11 +19,20 @@ MODELS = Registry("model")
 class SmallCNN(nn.Module):
     """Three conv blocks and a linear head: enough for small images such as the 8x8 digits."""
 
-    def __init__(self, in_chans: int, num_classes: int, width: int = 32, dropout: float = 0.1):
+    NORMS = {
+        "batch": nn.BatchNorm2d,
+        "group": lambda channels: nn.GroupNorm(min(8, channels), channels),
+        "none": lambda channels: nn.Identity(),
+    }
+
+    def __init__(self, in_chans: int, num_classes: int, width: int = 32, dropout: float = 0.1, norm: str = "batch"):
         super().__init__()
+        if norm not in self.NORMS:
+            raise UserError(f"model.norm={norm} is not valid; use one of: {', '.join(self.NORMS)}")
+        make_norm = self.NORMS[norm]
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), make_norm(cout), nn.ReLU(inplace=True))
 
         self.features = nn.Sequential(
             block(in_chans, width),
@@ -43,10 +52,10 @@ class SmallCNN(nn.Module):
 
 
 @MODELS.register("cnn")
-def small_cnn(width: int = 32, dropout: float = 0.1, weights=None, *, in_chans: int, num_classes: int) -> nn.Module:
+def small_cnn(width: int = 32, dropout: float = 0.1, norm: str = "batch", weights=None, *, in_chans: int, num_classes: int) -> nn.Module:
     if width < 1 or not 0 <= dropout < 1:
         raise UserError(f"model.width={width}, model.dropout={dropout}: width must be >= 1 and 0 <= dropout < 1")
-    model = SmallCNN(in_chans, num_classes, width, dropout)
+    model = SmallCNN(in_chans, num_classes, width, dropout, norm)
     if weights is not None:
         load_weights(model, weights)
     return model

@@ -55,9 +55,11 @@ def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str) -> Tuple
         )
     # Epoch checkpoints written after last.ckpt (a crash between the two writes) are redone on resume;
     # temporary files are what a crash in the middle of a write leaves.
+    from trainer.distributed import current_place
+
     kept = {entry["file"] for entry in state.get("top_k", [])}
     directory = os.path.dirname(os.path.abspath(checkpoint))
-    for name in os.listdir(directory):
+    for name in os.listdir(directory) if current_place().is_main else []:
         stale_epoch = name.startswith("epoch-") and name.endswith(".ckpt") and name not in kept
         if stale_epoch or name.startswith(".tmp-"):
             os.unlink(os.path.join(directory, name))

@@ -1,0 +1,118 @@
+"""Many processes through torchrun: process group, sharded loaders, gathered predictions.
+
+`torchrun --nproc_per_node=N -m trainer ...` starts N copies of the same command; torchrun's
+environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...) tells each its place. Backend: nccl
+when the processes have GPUs, gloo on CPUs. Rank 0 alone writes files and draws progress.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+
+@dataclass(frozen=True)
+class Place:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launched: bool = False  # started by torchrun (even with one process)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def current_place() -> Place:
+    if not launched_by_torchrun():
+        return Place()
+    return Place(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)), True)
+
+
+def init_process_group() -> Place:
+    """Join torchrun's process group once (before Hydra, so all ranks can agree on one run directory)."""
+    place = current_place()
+    if place.launched and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(place.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return place
+
+
+def broadcast_from_main(value):
+    """rank 0's value on every rank."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def device_for(place: Place, requested: torch.device) -> torch.device:
+    if place.launched and requested.type == "cuda":
+        return torch.device("cuda", place.local_rank)
+    return requested
+
+
+def shard_loaders(train_loader: DataLoader, val_loader: DataLoader, place: Place, seed: int):
+    """Each rank trains on its share of every epoch's permutation and validates on every world_size-th sample.
+
+    Training uses DistributedSampler (shuffled by seed + epoch, padded to equal shares). Validation
+    is split without padding, so gathering the ranks' predictions covers each sample exactly once.
+    """
+    from trainer.errors import UserError
+
+    if not isinstance(train_loader.sampler, (RandomSampler, SequentialSampler)):
+        raise UserError(
+            f"the training sampler {type(train_loader.sampler).__name__} cannot be split across processes yet; "
+            "use data.sampler=random with torchrun"
+        )
+    common = dict(
+        batch_size=train_loader.batch_size,
+        num_workers=train_loader.num_workers,
+        pin_memory=train_loader.pin_memory,
+        persistent_workers=train_loader.persistent_workers,
+        worker_init_fn=train_loader.worker_init_fn,
+        collate_fn=train_loader.collate_fn,
+    )
+    shuffle = isinstance(train_loader.sampler, RandomSampler)
+    train_sampler = DistributedSampler(
+        train_loader.dataset, num_replicas=place.world_size, rank=place.rank, shuffle=shuffle, seed=seed
+    )
+    train = DataLoader(train_loader.dataset, sampler=train_sampler, drop_last=train_loader.drop_last, **common)
+    val_indices = list(range(place.rank, len(val_loader.dataset), place.world_size))
+    val = DataLoader(val_loader.dataset, sampler=val_indices, **dict(common, batch_size=val_loader.batch_size))
+    return train, val
+
+
+def gather_in_order(tensor: torch.Tensor, place: Place) -> torch.Tensor:
+    """Concatenate every rank's rows back into dataset order (rank r holds rows r, r+W, r+2W, ...)."""
+    if place.world_size == 1 or not dist.is_initialized():
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(place.world_size)]
+    dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in range(place.world_size)]
+    dist.all_gather(parts, padded)
+    total = int(sum(s.item() for s in sizes))
+    ordered = torch.empty((total, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    for rank, (part, size) in enumerate(zip(parts, sizes)):
+        ordered[rank::place.world_size] = part[: int(size.item())]
+    return ordered
+
+
+def all_reduce_sum(tensor: torch.Tensor, place: Optional[Place]) -> torch.Tensor:
+    if place is not None and place.world_size > 1 and dist.is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
