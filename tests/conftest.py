@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli_env() -> dict:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
     env.pop("HYDRA_FULL_ERROR", None)
     return env
 

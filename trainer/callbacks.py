@@ -8,6 +8,7 @@ import csv
 import logging
 import math
 import os
+import time
 from typing import Any, Dict, List, Optional
 
 log = logging.getLogger("trainer")
@@ -80,17 +81,23 @@ class CsvWriter(Callback):
 
 
 class RichProgress(Callback):
-    """A rich progress bar per epoch over train and validation batches; redrawn at most 10 times a second."""
+    """A rich progress bar per epoch over train and validation batches.
 
-    def __init__(self):
+    Redrawn from the training thread at most every `interval` seconds, between steps: a background
+    refresh thread would take the GIL away from the loop that launches the kernels.
+    """
+
+    def __init__(self, console=None, interval: float = 0.25):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            refresh_per_second=10, transient=True,
+            auto_refresh=False, transient=True, console=console,
         )
         self.task = None
         self.total = 0
+        self.interval = interval
+        self.last_drawn = 0.0
 
     def on_fit_start(self, engine, train_batches, val_batches) -> None:
         self.total = train_batches + val_batches
@@ -102,10 +109,16 @@ class RichProgress(Callback):
             self.task = self.progress.add_task(description, total=self.total)
         else:
             self.progress.reset(self.task, total=self.total, description=description)
+        self.progress.refresh()
 
     def on_batch_end(self, engine, stage) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task)
+        if self.task is None:
+            return
+        self.progress.advance(self.task)
+        now = time.perf_counter()
+        if now - self.last_drawn >= self.interval:
+            self.last_drawn = now
+            self.progress.refresh()
 
     def on_fit_end(self, engine, summary) -> None:
         self.progress.stop()

@@ -223,7 +223,7 @@ class Engine:
         num_batches = len(loader)
         scales = accumulation_scales(loader_batch_sizes(loader), num_batches, self.loop.accumulate)
         step_losses = torch.zeros(num_batches, device=self.device)
-        sizes = torch.zeros(num_batches, device=self.device)
+        sizes = []  # host integers: no device work per step
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         skip_nonfinite = self.loop.on_nonfinite == "skip"
         self.optimizer.zero_grad(set_to_none=True)
@@ -242,14 +242,15 @@ class Engine:
                 if skip_nonfinite and not torch.isfinite(loss):  # opt-in: one host sync per micro-batch
                     self.skipped_steps += 1
                 else:
-                    self.scaler.scale(loss * scales[i]).backward()
+                    self.scaler.scale(loss if scales[i] == 1.0 else loss * scales[i]).backward()
             if closes_window:
                 self._optimizer_step()
             step_losses[i] = loss.detach()
-            sizes[i] = len(targets)
+            sizes.append(len(targets))
             correct += (logits.detach().argmax(dim=1) == targets).sum()
             self._notify("on_batch_end", "train")
         finite = torch.isfinite(step_losses)
+        sizes = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
         # One reduction per epoch: every rank sees the same totals and takes the same decisions.
         totals = all_reduce_sum(torch.stack([
             (step_losses * sizes)[finite].sum(), sizes[finite].sum(), sizes.sum(), correct.float(), (~finite).sum().float(),
