@@ -126,5 +126,5 @@ def test_help_does_not_import_torch(tmp_path):
     from conftest import cli_env
 
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
-    assert "loss: ce, f1, focal, label_smoothing" in out.stdout
+    assert "loss: ce, f1, focal, huber, l1, label_smoothing, mse" in out.stdout
     assert "HEAVY []" in out.stdout

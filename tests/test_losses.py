@@ -297,3 +297,184 @@ def test_gradients_finite_on_extreme_logits(name, options):
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all(), logits.grad
+
+
+# --- regression losses -----------------------------------------------------------------------
+from trainer.losses import REGRESSION_LOSSES  # noqa: E402
+
+
+def make_regression_loss(name, **options):
+    return build(REGRESSION_LOSSES, {"name": name, **options})
+
+
+def numpy_regression_loss(name, prediction, target, delta=1.0):
+    error = np.asarray(prediction, dtype=np.float64).reshape(-1) - np.asarray(target, dtype=np.float64)
+    if name == "mse":
+        return float(np.mean(error**2))
+    if name == "l1":
+        return float(np.mean(np.abs(error)))
+    if name == "huber":
+        small = np.abs(error) <= delta
+        return float(np.mean(np.where(small, 0.5 * error**2, delta * (np.abs(error) - 0.5 * delta))))
+    raise AssertionError(f"no reference for regression loss {name}; add one")
+
+
+def numpy_regression_gradient(name, prediction, target, delta=1.0):
+    """d loss / d prediction of the batch mean."""
+    error = np.asarray(prediction, dtype=np.float64).reshape(-1) - np.asarray(target, dtype=np.float64)
+    if name == "mse":
+        return 2 * error / len(error)
+    if name == "l1":
+        return np.sign(error) / len(error)
+    return np.clip(error, -delta, delta) / len(error)
+
+
+TORCH_REGRESSION = {
+    "mse": lambda p, t, delta: F.mse_loss(p, t),
+    "l1": lambda p, t, delta: F.l1_loss(p, t),
+    "huber": lambda p, t, delta: F.huber_loss(p, t, delta=delta),
+}
+
+
+def test_regression_loss_names():
+    assert REGRESSION_LOSSES.names() == ["huber", "l1", "mse"] == sorted(TORCH_REGRESSION)
+    assert not set(REGRESSION_LOSSES.names()) & set(LOSSES.names())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(sorted(TORCH_REGRESSION)),
+    n=st.integers(1, 30),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(1e-3, 1e3),
+    delta=st.floats(0.05, 5.0),
+    column=st.booleans(),
+)
+def test_property_regression_losses(name, n, seed, scale, delta, column):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randn(n, generator=gen) * scale
+    prediction = target + torch.randn(n, generator=gen) * scale
+    options = {"delta": delta} if name == "huber" else {}
+    loss_fn = make_regression_loss(name, **options)
+    loss = loss_fn(prediction.unsqueeze(1) if column else prediction, target)
+    assert loss.shape == ()
+    torch.testing.assert_close(loss, TORCH_REGRESSION[name](prediction, target, delta), rtol=1e-6, atol=1e-6)
+    assert loss.item() == pytest.approx(numpy_regression_loss(name, prediction, target, delta), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_REGRESSION))
+def test_regression_loss_of_a_column_is_not_broadcast(name):
+    # (N, 1) against (N,) would broadcast to (N, N) in torch itself; here it is the (N,) loss
+    prediction = torch.tensor([[1.0], [2.0], [4.0]])
+    target = torch.tensor([0.0, 0.0, 10.0])
+    loss = make_regression_loss(name)(prediction, target)
+    assert loss.item() == pytest.approx(numpy_regression_loss(name, prediction, target), rel=1e-6)
+    with pytest.warns(UserWarning):  # torch's own warning about the broadcast
+        broadcast = TORCH_REGRESSION[name](prediction, target, 1.0)
+    assert loss.item() != pytest.approx(broadcast.item())
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_REGRESSION))
+@pytest.mark.parametrize("shapes", [((4, 2), (4,)), ((4,), (5,)), ((4, 1), (5,)), ((4, 1, 1), (4,))])
+def test_regression_loss_refuses_mismatched_shapes(name, shapes):
+    prediction_shape, target_shape = shapes
+    with pytest.raises(ValueError, match=r"do not match targets of shape"):
+        make_regression_loss(name)(torch.zeros(prediction_shape), torch.zeros(target_shape))
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_REGRESSION))
+def test_regression_loss_takes_integer_and_double_inputs(name):
+    prediction = torch.tensor([0.5, 2.0, 3.5], dtype=torch.float64)
+    target = torch.tensor([1, 2, 3])
+    loss = make_regression_loss(name)(prediction, target)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(numpy_regression_loss(name, prediction, target), rel=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.1, 1.0, 3.0])
+def test_huber_is_quadratic_inside_delta_and_linear_outside(delta):
+    target = torch.zeros(2)
+    inside = make_regression_loss("huber", delta=delta)(torch.tensor([delta / 2, -delta / 2]), target)
+    outside = make_regression_loss("huber", delta=delta)(torch.tensor([3 * delta, -3 * delta]), target)
+    assert inside.item() == pytest.approx(0.5 * (delta / 2) ** 2)
+    assert outside.item() == pytest.approx(delta * (3 * delta - 0.5 * delta))
+    # at delta=1, Huber is smooth L1 (beta=1)
+    if delta == 1.0:
+        prediction = torch.linspace(-3, 3, 13)
+        torch.testing.assert_close(
+            make_regression_loss("huber")(prediction, torch.zeros(13)), F.smooth_l1_loss(prediction, torch.zeros(13))
+        )
+
+
+@pytest.mark.parametrize("delta", [0.0, -1.0])
+def test_huber_delta_must_be_positive(delta):
+    with pytest.raises(UserError, match=r"loss\.delta=.* is not valid; use a number > 0"):
+        make_regression_loss("huber", delta=delta)
+
+
+@pytest.mark.parametrize("name, options", [("mse", {}), ("l1", {}), ("huber", {"delta": 0.5}), ("huber", {})])
+def test_regression_gradients_finite_and_right_on_extreme_inputs(name, options):
+    # errors from 0 to 1e6 (mse of 1e12 is still finite in float32), both signs, exact zeros
+    prediction = torch.tensor([0.0, 1e6, -1e6, 3.0, -2.5, 1e-8, 7.0], requires_grad=True)
+    target = torch.tensor([0.0, -1e6, 1e6, 3.0, 0.0, 0.0, -1e5])
+    loss = make_regression_loss(name, **options)(prediction.unsqueeze(1), target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(prediction.grad).all(), prediction.grad
+    expected = numpy_regression_gradient(name, prediction.detach(), target, options.get("delta", 1.0))
+    np.testing.assert_allclose(prediction.grad.numpy(), expected, rtol=1e-5, atol=1e-12)
+
+
+def test_unknown_regression_loss_option_raises_naming_key():
+    with pytest.raises(UserError, match=r"does not take deltaa; it takes: delta"):
+        make_regression_loss("huber", deltaa=1.0)
+    with pytest.raises(UserError, match=r"unknown regression loss 'ce'; choose one of: huber, l1, mse"):
+        make_regression_loss("ce")
+
+
+# --- the loss options in conf/loss -----------------------------------------------------------
+def compose_train(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from trainer.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("mse", {"name": "mse"}),
+    ("l1", {"name": "l1"}),
+    ("huber", {"name": "huber", "delta": 1.0}),
+])
+def test_regression_loss_options_compose_and_build(option, expected):
+    from omegaconf import OmegaConf
+
+    loss_cfg = OmegaConf.to_container(compose_train(f"loss={option}").loss)
+    assert loss_cfg == expected
+    assert isinstance(build(REGRESSION_LOSSES, loss_cfg), torch.nn.Module)
+
+
+def test_huber_delta_from_the_command_line():
+    from omegaconf import OmegaConf
+
+    cfg = compose_train("loss=huber", "loss.delta=0.25")
+    loss_fn = build(REGRESSION_LOSSES, OmegaConf.to_container(cfg.loss))
+    prediction, target = torch.tensor([0.0, 2.0]), torch.zeros(2)
+    assert loss_fn(prediction, target).item() == pytest.approx(numpy_regression_loss("huber", prediction, target, 0.25))
+
+
+@pytest.mark.parametrize("override", ["loss.delt=1", "loss.delta=abc"])
+def test_huber_option_is_checked_by_its_schema(override):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
+        compose_train("loss=huber", override)
+
+
+def test_every_loss_option_names_a_registered_loss():
+    from conftest import REPO
+
+    options = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
+    assert options == sorted(LOSSES.names() + REGRESSION_LOSSES.names())

@@ -1,16 +1,36 @@
 """Every registered metric against scikit-learn and hand-written numpy definitions."""
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from trainer.metrics import METRICS, compute_metrics, default_mode
+import trainer.metrics as metrics_module
+from trainer.metrics import (
+    METRICS,
+    MINIMIZED,
+    REGRESSION_METRICS,
+    MetricWarning,
+    compute_metrics,
+    compute_regression_metrics,
+    default_mode,
+    epoch_metrics,
+    labels_and_probabilities,
+)
 
 # top5 with C <= 5 is trivially 1.0 and scikit-learn says so in a warning; the value is what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore:'k' .* greater than or equal to 'n_classes'")
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    """Each test sees the MetricWarnings its own calls raise (the module shows each message once per process)."""
+    monkeypatch.setattr(metrics_module, "_already_warned", set())
 
 
 def softmax(x):
@@ -18,13 +38,15 @@ def softmax(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def random_case(n, c, seed, class_probs=None, classes=None):
-    """Labels drawn from `classes` (default all) with `class_probs`; probabilities mildly correlated with labels."""
+def random_case(n, c, seed, class_probs=None, classes=None, never_predicted=()):
+    """Labels drawn from `classes` (default all) with `class_probs`; probabilities mildly correlated with labels;
+    the classes `never_predicted` never have the highest probability."""
     rng = np.random.default_rng(seed)
     classes = np.arange(c) if classes is None else np.asarray(classes)
     y = rng.choice(classes, size=n, p=class_probs)
     logits = rng.normal(size=(n, c))
     logits[np.arange(n), y] += 1.0
+    logits[:, list(never_predicted)] -= 20.0
     return y, softmax(logits).astype(np.float32)
 
 
@@ -48,6 +70,50 @@ def hand_top_k(y, prob, k):
     return float(np.mean([y[i] in top[i] for i in range(len(y))]))
 
 
+def hand_weighted(y, pred, which):
+    """Support-weighted precision or recall: sum over true classes of support * score / N."""
+    total = 0.0
+    for c in np.unique(y):
+        tp = np.sum((pred == c) & (y == c))
+        denominator = np.sum(pred == c) if which == "precision" else np.sum(y == c)
+        total += np.sum(y == c) * (tp / denominator if denominator else 0.0)
+    return total / len(y)
+
+
+def tie_positions(scores, true_class):
+    """1-based positions the true class can occupy when the classes are sorted by score, best first:
+    after every class that scores higher, anywhere within the block of classes tied with it."""
+    ordered = np.sort(scores)[::-1]
+    first = int(np.searchsorted(-ordered, -scores[true_class], side="left"))
+    last = int(np.searchsorted(-ordered, -scores[true_class], side="right"))
+    return np.arange(first + 1, last + 1)
+
+
+def hand_mrr(y, prob):
+    # a tie is counted against the model: the true class takes the last tied position
+    return float(np.mean([1.0 / tie_positions(prob[i], y[i])[-1] for i in range(len(y))]))
+
+
+def hand_ndcg(y, prob):
+    # one relevant class: DCG = 1/log2(1 + position), ideal DCG = 1; a tie gets its block's mean discount
+    return float(np.mean([np.mean(1.0 / np.log2(1.0 + tie_positions(prob[i], y[i]))) for i in range(len(y))]))
+
+
+def hand_average_precision(relevant, scores):
+    """Average precision of one ranked list, any number of relevant items, ties counted pessimistically:
+    mean over relevant items r of (relevant items scoring >= r) / (items scoring >= r)."""
+    relevant = np.asarray(relevant, dtype=bool)
+    return float(np.mean([np.sum(relevant & (scores >= s)) / np.sum(scores >= s) for s in scores[relevant]]))
+
+
+def hand_map(y, prob):
+    return float(np.mean([hand_average_precision(np.arange(prob.shape[1]) == y[i], prob[i]) for i in range(len(y))]))
+
+
+def one_hot(y, c):
+    return np.eye(c, dtype=int)[y]
+
+
 def sklearn_expected(name, y, prob):
     pred = prob.argmax(axis=1)
     c = prob.shape[1]
@@ -61,8 +127,12 @@ def sklearn_expected(name, y, prob):
         return skm.f1_score(y, pred, average="weighted", zero_division=0)
     if name == "precision":
         return skm.precision_score(y, pred, average="macro", zero_division=0)
+    if name == "precision_weighted":
+        return skm.precision_score(y, pred, average="weighted", zero_division=0)
     if name == "recall":
         return skm.recall_score(y, pred, average="macro", zero_division=0)
+    if name == "recall_weighted":
+        return skm.recall_score(y, pred, average="weighted", zero_division=0)
     if name == "roc_auc":
         present = np.unique(y)
         if len(present) < 2:
@@ -72,8 +142,17 @@ def sklearn_expected(name, y, prob):
             return skm.roc_auc_score(y, prob[:, 1])
         onehot = label_binarize(y, classes=np.arange(c))
         return skm.roc_auc_score(onehot[:, present], prob[:, present], average="macro")
+    if name == "top3":
+        return hand_top_k(y, prob, min(3, c))
     if name == "top5":
         return hand_top_k(y, prob, min(5, c))
+    # ranking: each checked against a formula other than the one it is computed by
+    if name == "mrr":
+        return skm.label_ranking_average_precision_score(one_hot(y, c), prob)
+    if name == "ndcg":
+        return hand_ndcg(y, prob)
+    if name == "map":
+        return hand_map(y, prob)
     raise AssertionError(f"no reference for metric {name}; add one")
 
 
@@ -89,16 +168,41 @@ CASES = {
     "absent_class": dict(n=150, c=5, seed=3, classes=[0, 1, 3], class_probs=[0.5, 0.3, 0.2]),
     "many_classes": dict(n=400, c=12, seed=4),
     "binary": dict(n=100, c=3, seed=5, classes=[0, 2]),
+    "class_in_neither": dict(n=150, c=5, seed=6, classes=[0, 1, 2], never_predicted=[4]),
 }
+
+
+def expected_left_out(name, y, prob):
+    """The classes a metric must leave out and name in a MetricWarning."""
+    classes = np.arange(prob.shape[1])
+    if name == "roc_auc":
+        return np.setdiff1d(classes, y).tolist()
+    if name in ("f1", "precision", "recall"):
+        return np.setdiff1d(classes, np.union1d(y, prob.argmax(axis=1))).tolist()
+    return []
 
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", METRICS.names())
 def test_metric_matches_reference(name, case):
     y, prob = random_case(**CASES[case])
-    value = METRICS.get(name)(y, prob)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = METRICS.get(name)(y, prob)
     expected = sklearn_expected(name, y, prob)
     assert float(value) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    messages = [str(w.message) for w in caught if issubclass(w.category, MetricWarning)]
+    left_out = expected_left_out(name, y, prob)
+    if left_out:
+        assert len(messages) == 1 and f"[{', '.join(map(str, left_out))}]" in messages[0], messages
+    else:
+        assert messages == []
+
+
+def test_cases_exercise_the_warnings():
+    # the parametrized test above would pass vacuously if no case left a class out
+    assert expected_left_out("roc_auc", *random_case(**CASES["absent_class"])) == [2, 4]
+    assert expected_left_out("f1", *random_case(**CASES["class_in_neither"])) == [4]
 
 
 def test_imbalanced_case_separates_metrics():
@@ -114,6 +218,17 @@ def test_imbalanced_case_separates_metrics():
     assert METRICS.get("precision")(y, prob) == pytest.approx(0.9 / 3)
 
 
+def test_seed_notes_example():
+    # the lecture notes' worked example (sklearn's accuracy/precision/recall/f1, average='macro')
+    y = np.array([0, 1, 2, 0, 1, 2])
+    pred = np.array([0, 2, 1, 0, 0, 1])
+    prob = np.eye(3, dtype=np.float32)[pred] * 0.5 + 0.1
+    assert METRICS.get("accuracy")(y, prob) == pytest.approx(0.3333333333333333)
+    assert METRICS.get("precision")(y, prob) == pytest.approx(0.2222222222222222)
+    assert METRICS.get("recall")(y, prob) == pytest.approx(0.3333333333333333)
+    assert METRICS.get("f1")(y, prob) == pytest.approx(0.26666666666666666)
+
+
 def test_f1_averages_over_union_of_true_and_predicted_classes():
     # C=5. y_true has classes {0,1}; predictions have {0,1,2}; classes 3 and 4 appear nowhere.
     y = np.array([0, 0, 1, 1, 1, 0])
@@ -121,17 +236,62 @@ def test_f1_averages_over_union_of_true_and_predicted_classes():
     prob = np.eye(5, dtype=np.float32)[pred] * 0.6 + 0.1
     # by hand: class 0: tp=2 fp=1 fn=1 -> 4/6; class 1: tp=2 fp=0 fn=1 -> 4/5; class 2: tp=0 fp=1 -> 0
     expected = (4 / 6 + 4 / 5 + 0.0) / 3
-    assert METRICS.get("f1")(y, prob) == pytest.approx(expected)
+    with pytest.warns(MetricWarning, match=r"^f1: classes \[3, 4\] are neither labels nor predictions"):
+        assert METRICS.get("f1")(y, prob) == pytest.approx(expected)
     assert hand_macro_f1(y, pred) == pytest.approx(expected)
     assert skm.f1_score(y, pred, average="macro", zero_division=0) == pytest.approx(expected)
-    # not the average over all 5 classes, nor over the 2 true ones
-    assert METRICS.get("f1")(y, prob) != pytest.approx((4 / 6 + 4 / 5) / 5)
-    assert METRICS.get("f1")(y, prob) != pytest.approx((4 / 6 + 4 / 5) / 2)
+    # not the average over all 5 classes, nor over the 2 true ones (and no second warning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert METRICS.get("f1")(y, prob) != pytest.approx((4 / 6 + 4 / 5) / 5)
+        assert METRICS.get("f1")(y, prob) != pytest.approx((4 / 6 + 4 / 5) / 2)
+
+
+@pytest.mark.parametrize("name", ["precision", "recall"])
+def test_macro_precision_and_recall_warn_about_the_classes_left_out(name):
+    y = np.array([0, 0, 1, 1, 1, 0])
+    pred = np.array([0, 2, 1, 1, 0, 0])
+    prob = np.eye(5, dtype=np.float32)[pred] * 0.6 + 0.1
+    with pytest.warns(MetricWarning, match=rf"^{name}: classes \[3, 4\]"):
+        value = METRICS.get(name)(y, prob)
+    assert value == pytest.approx(sklearn_expected(name, y, prob))
+
+
+@pytest.mark.parametrize("name", ["f1_weighted", "precision_weighted", "recall_weighted", "accuracy", "mrr"])
+def test_weighted_and_other_metrics_do_not_warn(name):
+    # a class with no support has weight 0 in a weighted average: nothing is left out that counts
+    y = np.array([0, 0, 1, 1, 1, 0])
+    prob = np.eye(5, dtype=np.float32)[np.array([0, 2, 1, 1, 0, 0])] * 0.6 + 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        METRICS.get(name)(y, prob)
+
+
+def test_no_warning_when_every_class_is_present():
+    y, prob = random_case(n=200, c=4, seed=21)
+    assert set(y) == set(prob.argmax(axis=1)) == {0, 1, 2, 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compute_metrics(METRICS.names(), y, prob)
+
+
+def test_warning_is_shown_once_per_process_not_every_epoch():
+    # An epoch loop warns once, even with the filter that shows everything: scikit-learn resets
+    # Python's own record of shown warnings on every call, so the module keeps its own.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed in range(3):
+            y, prob = random_case(n=100, c=7, seed=seed, classes=[0, 1, 2, 3, 4])
+            compute_metrics(["accuracy", "roc_auc", "f1"], y, prob)
+    messages = [str(w.message) for w in caught if issubclass(w.category, MetricWarning)]
+    assert messages == ["roc_auc: classes [5, 6] are not among the labels; averaged over the other classes"]
+    assert issubclass(MetricWarning, UserWarning)
 
 
 def test_roc_auc_averages_only_present_classes():
     y, prob = random_case(**CASES["absent_class"])
-    value = METRICS.get("roc_auc")(y, prob)
+    with pytest.warns(MetricWarning, match=r"^roc_auc: classes \[2, 4\] are not among the labels"):
+        value = METRICS.get("roc_auc")(y, prob)
     per_class = [skm.roc_auc_score((y == c).astype(int), prob[:, c]) for c in (0, 1, 3)]
     assert value == pytest.approx(np.mean(per_class))
     assert np.isfinite(value)
@@ -141,7 +301,8 @@ def test_roc_auc_perfect_and_single_class():
     y = np.array([0, 1, 2, 0, 1, 2])
     prob = np.eye(3, dtype=np.float32)[y] * 0.7 + 0.1
     assert METRICS.get("roc_auc")(y, prob) == pytest.approx(1.0)
-    assert np.isnan(METRICS.get("roc_auc")(np.zeros(6, dtype=int), prob))
+    with pytest.warns(MetricWarning, match=r"classes \[1, 2\] .* NaN"):
+        assert np.isnan(METRICS.get("roc_auc")(np.zeros(6, dtype=int), prob))
 
 
 def test_roc_auc_two_classes():
@@ -165,6 +326,18 @@ def test_top5_with_labels_missing_from_y_true():
     assert METRICS.get("top5")(y, prob) == pytest.approx(hand_top_k(y, prob, 5))
 
 
+@pytest.mark.parametrize("c", [2, 3, 4, 10])
+def test_top3_matches_top_k_accuracy(c):
+    y, prob = random_case(n=120, c=c, seed=30 + c)
+    value = METRICS.get("top3")(y, prob)
+    assert value == pytest.approx(hand_top_k(y, prob, min(3, c)))
+    if c > 3:
+        assert value == pytest.approx(skm.top_k_accuracy_score(y, prob, k=3, labels=np.arange(c)))
+        assert value < 1.0
+    else:
+        assert value == 1.0
+
+
 def test_top5_two_classes():
     # a binary task: top-2 of 2 classes is always right
     y, prob = random_case(n=20, c=2, seed=12)
@@ -178,9 +351,15 @@ def test_property_metrics_match_hand_definitions(n, c, seed):
     pred = prob.argmax(axis=1)
     assert METRICS.get("accuracy")(y, prob) == pytest.approx(np.mean(pred == y))
     assert METRICS.get("balanced_accuracy")(y, prob) == pytest.approx(hand_balanced_accuracy(y, pred))
-    assert METRICS.get("f1")(y, prob) == pytest.approx(hand_macro_f1(y, pred))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        assert METRICS.get("f1")(y, prob) == pytest.approx(hand_macro_f1(y, pred))
     assert METRICS.get("top5")(y, prob) == pytest.approx(hand_top_k(y, prob, min(5, c)))
-    auc = METRICS.get("roc_auc")(y, prob)
+    assert METRICS.get("precision_weighted")(y, prob) == pytest.approx(hand_weighted(y, pred, "precision"))
+    assert METRICS.get("recall_weighted")(y, prob) == pytest.approx(hand_weighted(y, pred, "recall"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)  # classes are often missing from a small sample
+        auc = METRICS.get("roc_auc")(y, prob)
     present = np.unique(y)
     if len(present) < 2:
         assert np.isnan(auc)
@@ -213,5 +392,196 @@ def test_default_mode():
     assert default_mode("val/loss") == "min"
     assert default_mode("train/loss") == "min"
     assert default_mode("loss") == "min"
-    for key in ["val/accuracy", "val/f1", "val/roc_auc", "val/top5", "val/balanced_accuracy"]:
+    for key in ["val/mae", "val/mse", "val/rmse", "mae"]:
+        assert default_mode(key) == "min"
+    for key in ["val/accuracy", "val/f1", "val/roc_auc", "val/top5", "val/balanced_accuracy", "val/r2"]:
         assert default_mode(key) == "max"
+    for name in METRICS.names():  # every classification metric is a score: higher is better
+        assert default_mode(f"val/{name}") == "max"
+    assert MINIMIZED == {"loss"} | (set(REGRESSION_METRICS.names()) - {"r2"})
+
+
+# --- ranking: mrr, ndcg, map -----------------------------------------------------------------
+def test_ranking_by_hand():
+    # true class 2 is second: RR 1/2, DCG 1/log2(3), AP 1/2.
+    # true class 0 ties with class 3 for places 3-4: counted as 4th for RR and AP, mean discount for NDCG.
+    prob = np.array([[0.1, 0.5, 0.3, 0.1], [0.1, 0.5, 0.3, 0.1], [0.7, 0.1, 0.1, 0.1]])
+    y = np.array([2, 0, 0])
+    assert METRICS.get("mrr")(y, prob) == pytest.approx((1 / 2 + 1 / 4 + 1) / 3)
+    assert METRICS.get("map")(y, prob) == pytest.approx((1 / 2 + 1 / 4 + 1) / 3)
+    tie = (1 / np.log2(4) + 1 / np.log2(5)) / 2
+    assert METRICS.get("ndcg")(y, prob) == pytest.approx((1 / np.log2(3) + tie + 1) / 3)
+
+
+@pytest.mark.parametrize("c", [2, 5, 10])
+def test_constant_prediction_ranks_the_true_class_last(c):
+    # a uniform prediction must not score as if the true class were first
+    y = np.arange(20) % c
+    prob = np.full((20, c), 1 / c)
+    assert METRICS.get("mrr")(y, prob) == pytest.approx(1 / c)
+    assert METRICS.get("map")(y, prob) == pytest.approx(1 / c)
+    assert METRICS.get("ndcg")(y, prob) == pytest.approx(np.mean(1 / np.log2(1 + np.arange(1, c + 1))))
+
+
+def test_perfect_ranking_scores_one():
+    y, prob = random_case(n=50, c=6, seed=40)
+    prob = np.eye(6)[y] * 0.5 + prob * 0.1
+    for name in ["mrr", "ndcg", "map"]:
+        assert METRICS.get(name)(y, prob) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ranking_metrics_against_sklearn_and_formulas(case):
+    y, prob = random_case(**CASES[case])
+    c = prob.shape[1]
+    lrap = skm.label_ranking_average_precision_score(one_hot(y, c), prob)
+    assert METRICS.get("mrr")(y, prob) == pytest.approx(lrap, rel=1e-9)
+    assert METRICS.get("mrr")(y, prob) == pytest.approx(hand_mrr(y, prob), rel=1e-9)
+    assert METRICS.get("map")(y, prob) == pytest.approx(hand_map(y, prob), rel=1e-9)
+    assert METRICS.get("ndcg")(y, prob) == pytest.approx(skm.ndcg_score(one_hot(y, c), prob), rel=1e-9)
+    assert METRICS.get("ndcg")(y, prob) == pytest.approx(hand_ndcg(y, prob), rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    c=st.integers(2, 9),
+    seed=st.integers(0, 2**32 - 1),
+    decimals=st.sampled_from([0, 1, 2, 6]),
+)
+def test_property_ranking_metrics(n, c, seed, decimals):
+    # rounding the scores makes ties common: the conventions for ties are part of what is tested
+    y, prob = random_case(n, c, seed)
+    prob = np.round(prob.astype(np.float64), decimals)
+    mrr, map_, ndcg = (METRICS.get(name)(y, prob) for name in ("mrr", "map", "ndcg"))
+    assert mrr == pytest.approx(hand_mrr(y, prob), rel=1e-9)
+    assert map_ == pytest.approx(hand_map(y, prob), rel=1e-9)
+    assert map_ == pytest.approx(mrr, rel=1e-9)  # one relevant class per image
+    assert ndcg == pytest.approx(hand_ndcg(y, prob), rel=1e-9)
+    assert ndcg == pytest.approx(skm.ndcg_score(one_hot(y, c), prob), rel=1e-9)
+    # with one relevant class, NDCG's log discount is gentler than MRR's 1/rank
+    assert 1 / c - 1e-12 <= mrr <= ndcg + 1e-12 <= 1 + 2e-12
+
+
+def test_hand_average_precision_is_a_real_average_precision():
+    # the test's own reference, checked on a list with two relevant items against sklearn
+    relevant = np.array([1, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.4, 0.5, 0.1])
+    # relevant items at ranks 1 and 4: (1/1 + 2/4) / 2
+    assert hand_average_precision(relevant, scores) == pytest.approx(0.75)
+    assert skm.label_ranking_average_precision_score([relevant], [scores]) == pytest.approx(0.75)
+
+
+# --- regression metrics ----------------------------------------------------------------------
+def hand_regression(name, y, p):
+    error = p - y
+    if name == "mae":
+        return np.mean(np.abs(error))
+    if name == "mse":
+        return np.mean(error**2)
+    if name == "rmse":
+        return np.sqrt(np.mean(error**2))
+    if name == "r2":
+        return 1 - np.sum(error**2) / np.sum((y - y.mean()) ** 2)
+    raise AssertionError(f"no reference for regression metric {name}; add one")
+
+
+def test_regression_metric_names():
+    assert REGRESSION_METRICS.names() == ["mae", "mse", "r2", "rmse"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(2, 50), seed=st.integers(0, 2**32 - 1), scale=st.floats(1e-3, 1e3))
+def test_property_regression_metrics(n, seed, scale):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=n) * scale
+    p = y + rng.normal(size=n) * scale * 0.5
+    for name in REGRESSION_METRICS.names():
+        value = REGRESSION_METRICS.get(name)(y, p)
+        assert value == pytest.approx(hand_regression(name, y, p), rel=1e-9, abs=1e-12)
+    assert REGRESSION_METRICS.get("mse")(y, p) == pytest.approx(skm.mean_squared_error(y, p))
+    assert REGRESSION_METRICS.get("r2")(y, p) == pytest.approx(skm.r2_score(y, p))
+
+
+def test_regression_metrics_by_hand():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    p = np.array([1.5, 2.0, 2.0, 5.0])  # errors 0.5, 0, -1, 1
+    result = compute_regression_metrics(["mae", "mse", "rmse", "r2"], y, p)
+    assert result == pytest.approx(
+        {"val/mae": 0.625, "val/mse": 2.25 / 4, "val/rmse": np.sqrt(2.25 / 4), "val/r2": 1 - 2.25 / 5.0}
+    )
+    assert all(isinstance(v, float) for v in result.values())
+    assert compute_regression_metrics(["mae"], y, y, prefix="test/") == {"test/mae": 0.0}
+
+
+def test_unknown_regression_metric_names_the_known_ones():
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError, match="unknown regression metric 'mape'.*mae, mse, r2, rmse"):
+        compute_regression_metrics(["mape"], np.zeros(3), np.zeros(3))
+
+
+# --- a whole epoch from tensors --------------------------------------------------------------
+def test_epoch_metrics_equals_engine_validate():
+    # evaluate computes its numbers with epoch_metrics; they must be the ones the engine records
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainer.engine import Engine
+
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(70, 8), torch.randint(0, 4, (70,))
+    model = torch.nn.Linear(8, 4)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5, 1.0]))
+    names = METRICS.names()
+    engine = Engine(model, loss_fn, None, None, names, device=torch.device("cpu"))
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=16)
+    logits, labels = engine.predict(loader)
+    result = epoch_metrics(names, logits, labels, loss_fn)
+    assert result == engine.validate(loader)
+    assert list(result) == ["val/loss"] + [f"val/{name}" for name in names]
+    # the loss over all 70 at once, not a mean of batch means
+    with torch.no_grad():
+        assert result["val/loss"] == pytest.approx(loss_fn(model(inputs), targets).item(), rel=1e-6)
+
+
+def test_labels_and_probabilities():
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0], [1.0, 2.0]], requires_grad=True)
+    targets = torch.tensor([1, 0, 1])
+    y, prob = labels_and_probabilities(logits, targets)
+    assert isinstance(y, np.ndarray) and isinstance(prob, np.ndarray)
+    np.testing.assert_array_equal(y, [1, 0, 1])
+    np.testing.assert_allclose(prob, softmax(logits.detach().numpy()), rtol=1e-6)
+    np.testing.assert_allclose(prob.sum(axis=1), 1.0, rtol=1e-6)
+
+
+# --- the metric options ----------------------------------------------------------------------
+def metric_option(name):
+    import yaml
+
+    from conftest import REPO
+
+    return yaml.safe_load((REPO / "conf" / "metric" / f"{name}.yaml").read_text())["names"]
+
+
+def test_metric_all_lists_every_metric():
+    names = metric_option("all")
+    assert sorted(names) == METRICS.names() and len(names) == len(set(names))
+
+
+def test_metric_ranking_option():
+    assert metric_option("ranking") == ["accuracy", "mrr", "ndcg", "map"]
+
+
+@pytest.mark.parametrize("monitor, mode", [("val/mrr", "max"), ("val/ndcg", "max"), ("val/map", "max"), ("val/loss", "min")])
+def test_monitor_may_name_a_ranking_metric(monitor, mode):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from trainer import build
+    from trainer.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("train", overrides=["metric=ranking", f"monitor={monitor}"])
+    build.check_config(cfg)  # raises for a monitor the run does not produce
+    assert build.monitor_mode(cfg) == mode

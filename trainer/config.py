@@ -68,6 +68,22 @@ class F1Loss:
     epsilon: float = 1e-7
 
 
+@dataclass
+class MseLoss:
+    name: str = "mse"
+
+
+@dataclass
+class L1Loss:
+    name: str = "l1"
+
+
+@dataclass
+class HuberLoss:
+    name: str = "huber"
+    delta: float = 1.0
+
+
 # --- optimizer ------------------------------------------------------------------------------
 @dataclass
 class SgdOptimizer:
@@ -247,6 +263,9 @@ SCHEMAS = {
         "focal": FocalLoss,
         "label_smoothing": LabelSmoothingLoss,
         "f1": F1Loss,
+        "mse": MseLoss,
+        "l1": L1Loss,
+        "huber": HuberLoss,
     },
     "optimizer": {
         "sgd": SgdOptimizer,

@@ -22,7 +22,7 @@ from torch import nn
 from trainer.checkpoint import rng_state, save_checkpoint, set_rng_state
 from trainer.distributed import Place, all_reduce_sum, gather_in_order
 from trainer.errors import UserError
-from trainer.metrics import compute_metrics
+from trainer.metrics import epoch_metrics
 
 
 @dataclass
@@ -299,15 +299,10 @@ class Engine:
 
     @torch.inference_mode()
     def validate(self, loader) -> Dict[str, float]:
-        record = self._score(*self.predict(loader), prefix="val/")
+        record = epoch_metrics(self.metric_names, *self.predict(loader), self.loss_fn)
         if self.ema is not None:
-            record.update(self._score(*self.predict(loader, self.ema.module), prefix="val_ema/"))
+            record.update(epoch_metrics(self.metric_names, *self.predict(loader, self.ema.module), self.loss_fn, "val_ema/"))
         return record
-
-    def _score(self, logits: torch.Tensor, targets: torch.Tensor, prefix: str) -> Dict[str, float]:
-        loss = self.loss_fn(logits, targets)
-        prob = torch.softmax(logits, dim=1).cpu().numpy()
-        return {f"{prefix}loss": loss.item(), **compute_metrics(self.metric_names, targets.cpu().numpy(), prob, prefix)}
 
     def _to_device(self, inputs: torch.Tensor, targets: torch.Tensor):
         inputs = inputs.to(self.device, non_blocking=self.non_blocking)

@@ -1,7 +1,9 @@
 """`python -m trainer.evaluate ckpt_path=<run>/checkpoints/best.ckpt`: the validation metrics of a checkpoint.
 
 Model and data are rebuilt from the config stored in the checkpoint, so the numbers equal those
-recorded for that epoch. Prints a table and writes `<checkpoint stem>.metrics.json` beside it.
+recorded for that epoch. Prints the metrics, the per-class report and the confusion matrix, and
+writes beside the checkpoint `<stem>.metrics.json`, `<stem>.per_class.csv|json` and
+`<stem>.confusion_matrix.csv|png` (stem: `best` for best.ckpt).
 """
 
 import hydra
@@ -30,6 +32,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from trainer.checkpoint import load_model_state, read_checkpoint
     from trainer.engine import Engine, LoopSettings, finite_or_none
     from trainer.errors import UserError
+    from trainer.metrics import epoch_metrics, labels_and_probabilities
+    from trainer.reports import print_reports, write_reports
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError("ckpt_path is required: python -m trainer.evaluate ckpt_path=<run dir>/checkpoints/best.ckpt")
@@ -60,20 +64,31 @@ def evaluate(cfg: DictConfig) -> dict:
                         channels_last=run_cfg.trainer.get("channels_last", False))
     engine = Engine(build.prepare_model(run_cfg, model, device), loss_fn, None, None, run_cfg.metric.names,
                     device=device, loop=loop, ema=ema)
-    metrics = engine.validate(data.val_loader)
+    # One prediction pass feeds both the metrics (computed as Engine.validate computes them) and the reports.
+    logits, targets = engine.predict(data.val_loader)
+    metrics = epoch_metrics(run_cfg.metric.names, logits, targets, engine.loss_fn)
+    if ema is not None:
+        metrics.update(epoch_metrics(run_cfg.metric.names, *engine.predict(data.val_loader, ema.module), engine.loss_fn, "val_ema/"))
+    y_true, prob = labels_and_probabilities(logits, targets)
 
     table = Table(title=f"validation metrics, epoch {ckpt['epoch']}", caption=path)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         table.add_row(key, format_value(value))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    print_reports(console, y_true, prob, data.class_names)
 
-    output = cfg.output or os.path.splitext(path)[0] + ".metrics.json"
+    stem = os.path.splitext(path)[0]
+    output = cfg.output or stem + ".metrics.json"
     result = {"checkpoint": os.path.abspath(path), "epoch": ckpt["epoch"], "metrics": metrics}
     with open(output, "w") as f:
         json.dump(finite_or_none(result), f, indent=2)
-    print(f"written: {output}")
+    directory, name = os.path.split(stem)
+    reports = write_reports(directory, y_true, prob, data.class_names, prefix=name + ".")
+    for written in [output, *reports]:
+        print(f"written: {written}")
     return result
 
 

@@ -1,9 +1,11 @@
-"""Classification losses of the lecture notes, as registry options.
+"""The losses of the lecture notes, as registry options.
 
-Every loss takes raw logits (N, C) and integer targets (N,) and returns the batch mean.
+`LOSSES` (classification) take raw logits (N, C) and integer targets (N,); `REGRESSION_LOSSES`
+take predictions (N, 1) or (N,) and float targets (N,). Every loss returns the batch mean.
 """
 
-from typing import Any, Optional, Sequence
+from functools import partial
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ from trainer.errors import UserError
 from trainer.registry import Registry
 
 LOSSES = Registry("loss")
+REGRESSION_LOSSES = Registry("regression loss")
 
 
 def class_weights(weights: Any, num_classes: int, train_labels: Optional[Sequence[int]]) -> Optional[torch.Tensor]:
@@ -129,3 +132,45 @@ def label_smoothing(smoothing: float = 0.1, weights: Any = None, *, num_classes:
 @LOSSES.register("f1")
 def f1(epsilon: float = 1e-7, *, num_classes: int):
     return F1Loss(num_classes, epsilon)
+
+
+# --- regression ------------------------------------------------------------------------------
+class RegressionLoss(nn.Module):
+    """A pointwise regression loss that refuses to broadcast.
+
+    A model's (N, 1) output against (N,) targets would silently broadcast to an (N, N) loss in
+    torch; the single output column is dropped instead, and any other shape mismatch is an error.
+    """
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prediction = prediction.float()
+        if prediction.dim() == target.dim() + 1 and prediction.shape[-1] == 1:
+            prediction = prediction.squeeze(-1)
+        if prediction.shape != target.shape:
+            raise ValueError(
+                f"regression predictions of shape {tuple(prediction.shape)} do not match targets of shape "
+                f"{tuple(target.shape)}; expected (N,) or (N, 1) predictions for (N,) targets"
+            )
+        return self.loss(prediction, target.to(prediction.dtype))
+
+
+@REGRESSION_LOSSES.register("mse")
+def mse():
+    return RegressionLoss(F.mse_loss)
+
+
+@REGRESSION_LOSSES.register("l1")
+def l1():
+    return RegressionLoss(F.l1_loss)
+
+
+@REGRESSION_LOSSES.register("huber")
+def huber(delta: float = 1.0):
+    """Quadratic within `delta` of the target, linear beyond (torch's huber_loss)."""
+    if not delta > 0:
+        raise UserError(f"loss.delta={delta} is not valid; use a number > 0")
+    return RegressionLoss(partial(F.huber_loss, delta=delta))

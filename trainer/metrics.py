@@ -1,27 +1,57 @@
-"""Classification metrics over a whole epoch's predictions, computed by scikit-learn.
+"""Metrics over a whole epoch's predictions, computed by scikit-learn.
 
-Each metric takes the true labels (N,) and the class probabilities (N, C) as numpy arrays. Metrics
-are computed once per epoch from every prediction, never averaged over batches.
+Classification metrics (`METRICS`) take the true labels (N,) and the class probabilities (N, C) as
+numpy arrays; regression metrics (`REGRESSION_METRICS`) take true and predicted values, both (N,).
+Metrics are computed once per epoch from every prediction, never averaged over batches.
+
+A class that the validation split lacks has no defined ROC-AUC, and a class that is neither a
+label nor a prediction has no defined F1, precision or recall: such classes are left out of the
+average and a `MetricWarning` names them, instead of crashing or silently counting them as zero.
 """
 
 import warnings
-from typing import Dict, Sequence
+from typing import Callable, Dict, Sequence, Set, Tuple
 
 import numpy as np
+import torch
 from sklearn import metrics as skm
 
 from trainer.registry import Registry
 
 METRICS = Registry("metric")
+REGRESSION_METRICS = Registry("regression metric")
 
-# Metrics where smaller is better; every other metric (and key) is maximised.
-MINIMIZED = {"loss"}
+# Keys where smaller is better (losses and error metrics); every other key is maximised.
+MINIMIZED = {"loss", "mae", "mse", "rmse"}
+
+
+class MetricWarning(UserWarning):
+    """A metric was computed over fewer classes than the model has, because some are undefined."""
+
 
 
 def default_mode(key: str) -> str:
+    """"min" for `val/loss`, `train/loss` and error metrics such as `val/mae`; "max" otherwise."""
     return "min" if key.split("/")[-1] in MINIMIZED else "max"
 
 
+# Messages already shown. Python's own "default" and "once" filters cannot be relied on for this:
+# they forget what they showed whenever any warning filter changes, and scikit-learn changes them
+# on almost every call (its input checks enter warnings.catch_warnings), so the same warning would
+# come back every epoch.
+_already_warned: Set[str] = set()
+
+
+def warn_left_out(metric: str, left_out: Sequence[int], why: str, outcome: str = "averaged over the other classes") -> None:
+    """A MetricWarning naming the classes a metric left out; each message once per process."""
+    classes = ", ".join(str(int(c)) for c in sorted(left_out))
+    message = f"{metric}: classes [{classes}] {why}; {outcome}"
+    if message not in _already_warned:
+        _already_warned.add(message)
+        warnings.warn(message, MetricWarning, stacklevel=3)
+
+
+# --- classification ---------------------------------------------------------------------------
 @METRICS.register("accuracy")
 def accuracy(y_true: np.ndarray, prob: np.ndarray) -> float:
     return skm.accuracy_score(y_true, prob.argmax(axis=1))
@@ -34,27 +64,43 @@ def balanced_accuracy(y_true: np.ndarray, prob: np.ndarray) -> float:
         return skm.balanced_accuracy_score(y_true, prob.argmax(axis=1))
 
 
-def _averaged(score, average: str):
-    # Without `labels`, scikit-learn averages over the classes present in y_true or y_pred:
-    # a class absent from both is left out instead of counting as zero.
+def _averaged(name: str, score: Callable, average: str) -> Callable:
+    # Without `labels`, scikit-learn averages over the classes present in y_true or y_pred: a class
+    # absent from both is left out instead of counting as zero. A weighted average gives such a
+    # class weight 0 anyway, so only the macro averages need to say so.
     def metric(y_true: np.ndarray, prob: np.ndarray) -> float:
-        return score(y_true, prob.argmax(axis=1), average=average, zero_division=0)
+        pred = prob.argmax(axis=1)
+        if average == "macro":
+            left_out = np.setdiff1d(np.arange(prob.shape[1]), np.union1d(y_true, pred))
+            if len(left_out):
+                warn_left_out(name, left_out, "are neither labels nor predictions")
+        return score(y_true, pred, average=average, zero_division=0)
 
+    metric.__name__ = name
     return metric
 
 
-METRICS.register("f1")(_averaged(skm.f1_score, "macro"))
-METRICS.register("f1_weighted")(_averaged(skm.f1_score, "weighted"))
-METRICS.register("precision")(_averaged(skm.precision_score, "macro"))
-METRICS.register("recall")(_averaged(skm.recall_score, "macro"))
+for _name, _score, _average in [
+    ("f1", skm.f1_score, "macro"),
+    ("f1_weighted", skm.f1_score, "weighted"),
+    ("precision", skm.precision_score, "macro"),
+    ("precision_weighted", skm.precision_score, "weighted"),
+    ("recall", skm.recall_score, "macro"),
+    ("recall_weighted", skm.recall_score, "weighted"),
+]:
+    METRICS.register(_name)(_averaged(_name, _score, _average))
 
 
 @METRICS.register("roc_auc")
 def roc_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
     """One-vs-rest macro ROC-AUC over the classes present in y_true (others have no defined AUC)."""
     present = np.unique(y_true)
+    absent = np.setdiff1d(np.arange(prob.shape[1]), present)
     if len(present) < 2:
+        warn_left_out("roc_auc", absent, "are not among the labels", "ROC-AUC needs two classes, so it is NaN")
         return float("nan")
+    if len(absent):
+        warn_left_out("roc_auc", absent, "are not among the labels")
     if prob.shape[1] == 2:
         return skm.roc_auc_score(y_true, prob[:, 1])
     if len(present) < prob.shape[1]:
@@ -63,12 +109,92 @@ def roc_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
     return skm.roc_auc_score(y_true, prob, multi_class="ovr", average="macro")
 
 
-@METRICS.register("top5")
-def top5(y_true: np.ndarray, prob: np.ndarray) -> float:
-    if prob.shape[1] <= 5:  # every class is among the top 5
-        return 1.0
-    return skm.top_k_accuracy_score(y_true, prob, k=5, labels=np.arange(prob.shape[1]))
+def _top_k(k: int) -> Callable:
+    def metric(y_true: np.ndarray, prob: np.ndarray) -> float:
+        if prob.shape[1] <= k:  # every class is among the top k
+            return 1.0
+        return skm.top_k_accuracy_score(y_true, prob, k=k, labels=np.arange(prob.shape[1]))
+
+    metric.__name__ = f"top{k}"
+    return metric
 
 
+METRICS.register("top3")(_top_k(3))
+METRICS.register("top5")(_top_k(5))
+
+
+# --- ranking of the classes by score -----------------------------------------------------------
+# Each image is a query, the classes sorted by probability are the ranked answers, and the true
+# class is the one relevant answer.
+def _one_hot(y_true: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=int)[y_true]
+
+
+@METRICS.register("mrr")
+def mrr(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Mean reciprocal rank of the true class among the classes sorted by probability.
+
+    scikit-learn has no MRR of its own. Ties count against the model, as scikit-learn's
+    `label_ranking_average_precision_score` counts them (the rank is the number of classes scoring
+    at least as high as the true one), so a constant prediction scores 1/C, not 1, and `mrr`
+    equals `map` exactly.
+    """
+    true_score = prob[np.arange(len(y_true)), y_true][:, None]
+    rank = (prob >= true_score).sum(axis=1)
+    return float(np.mean(1.0 / rank))
+
+
+@METRICS.register("ndcg")
+def ndcg(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """scikit-learn's `ndcg_score` over the full class ranking with one-hot relevance.
+
+    With one relevant class per image it is the mean of 1/log2(1 + rank of the true class);
+    tied scores share the average of their positions' discounts.
+    """
+    return skm.ndcg_score(_one_hot(y_true, prob.shape[1]), prob)
+
+
+@METRICS.register("map")
+def mean_average_precision(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Mean average precision of the class ranking: scikit-learn's `label_ranking_average_precision_score`.
+
+    With one relevant class per image, an image's average precision is 1/rank of its true class,
+    so MAP equals MRR; both are listed because the lecture notes list both.
+    """
+    return skm.label_ranking_average_precision_score(_one_hot(y_true, prob.shape[1]), prob)
+
+
+# --- regression --------------------------------------------------------------------------------
+REGRESSION_METRICS.register("mae")(skm.mean_absolute_error)
+REGRESSION_METRICS.register("mse")(skm.mean_squared_error)
+REGRESSION_METRICS.register("rmse")(skm.root_mean_squared_error)
+REGRESSION_METRICS.register("r2")(skm.r2_score)
+
+
+# --- a whole epoch -----------------------------------------------------------------------------
 def compute_metrics(names: Sequence[str], y_true: np.ndarray, prob: np.ndarray, prefix: str = "val/") -> Dict[str, float]:
     return {f"{prefix}{name}": float(METRICS.get(name)(y_true, prob)) for name in names}
+
+
+def compute_regression_metrics(
+    names: Sequence[str], y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "val/"
+) -> Dict[str, float]:
+    return {f"{prefix}{name}": float(REGRESSION_METRICS.get(name)(y_true, y_pred)) for name in names}
+
+
+def labels_and_probabilities(logits: torch.Tensor, targets: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    """The numpy arrays every classification metric and report takes: labels (N,) and softmax (N, C)."""
+    prob = torch.softmax(logits.detach().float(), dim=1)
+    return targets.detach().cpu().numpy(), prob.cpu().numpy()
+
+
+def epoch_metrics(names: Sequence[str], logits: torch.Tensor, targets: torch.Tensor, loss_fn: Callable,
+                  prefix: str = "val/") -> Dict[str, float]:
+    """`<prefix>loss` and every `<prefix><name>` from one epoch's logits (N, C) and integer targets (N,).
+
+    The loss is computed once over all N predictions, as Engine.validate and evaluate both need.
+    """
+    with torch.inference_mode():
+        loss = loss_fn(logits, targets)
+    y_true, prob = labels_and_probabilities(logits, targets)
+    return {f"{prefix}loss": loss.item(), **compute_metrics(names, y_true, prob, prefix)}
