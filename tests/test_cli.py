@@ -128,3 +128,37 @@ def test_help_does_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
     assert "loss: ce, f1, focal, huber, l1, label_smoothing, mse" in out.stdout
     assert "HEAVY []" in out.stdout
+
+
+def test_end_of_training_reports_of_the_best_epoch(trained_run):
+    import csv as csv_module
+
+    with open(trained_run / "per_class.csv", newline="") as f:
+        rows = {row["class"]: row for row in csv_module.DictReader(f)}
+    assert [str(c) for c in range(10)] == [name for name in rows if name.isdigit()]
+    assert sum(int(rows[str(c)]["support"]) for c in range(10)) == 360
+    png = (trained_run / "confusion_matrix.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    matrix = (trained_run / "confusion_matrix.csv").read_text().splitlines()
+    assert len(matrix) == 11  # a header row and one row per class
+
+
+def test_regression_predicts_the_digit_value(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = cli("trainer", "task=regression", "trainer.max_epochs=4", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    summary = read_json(run_dir / "summary.json")
+    assert summary["monitor"] == "val/mae" and summary["mode"] == "min"
+    assert {"val/mae", "val/rmse", "val/r2"} <= set(summary["final"]) and "train/accuracy" not in summary["final"]
+    assert summary["final"]["val/r2"] > 0.5  # far better than predicting the mean digit
+    state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert state["model"]["head.1.weight"].shape == (1, 128)  # one output
+    assert not (run_dir / "confusion_matrix.png").exists()
+    evaluated = run_module("trainer.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = read_json(run_dir / "checkpoints" / "best.metrics.json")["metrics"]
+    row = read_csv(run_dir / "metrics.csv")[summary["best_epoch"] - 1]
+    for key, value in metrics.items():
+        assert abs(value - float(row[key])) <= 1e-6, key
+    refused = cli("trainer", "task=regression", "loss=focal", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert refused.returncode == 2 and "unknown regression loss 'focal'" in refused.stderr

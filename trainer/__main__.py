@@ -65,6 +65,10 @@ def train(cfg: DictConfig) -> float:
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if cfg.task == "classification":
+        from trainer.reports import report_best_checkpoint
+
+        report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main)
     return summary["best_value"]
 
 

@@ -13,8 +13,8 @@ from trainer.batches import FixedBatches, LimitedLoader, batch_count
 from trainer.data import DATASETS, DataBundle
 from trainer.engine import LoopSettings
 from trainer.errors import UserError
-from trainer.losses import LOSSES
-from trainer.metrics import METRICS, default_mode
+from trainer.losses import LOSSES, REGRESSION_LOSSES
+from trainer.metrics import METRICS, REGRESSION_METRICS, default_mode
 from trainer.models import build_model
 from trainer.optim import INTERVALS, OPTIMIZERS, SCHEDULERS
 from trainer.registry import build
@@ -29,6 +29,12 @@ def monitor_mode(cfg: DictConfig) -> str:
 
 
 PRECISIONS = ("32", "bf16", "fp16")
+TASKS = ("classification", "regression")
+
+
+def task_registries(task: str):
+    """The losses and metrics that fit a task: class scores, or one predicted value."""
+    return (LOSSES, METRICS) if task == "classification" else (REGRESSION_LOSSES, REGRESSION_METRICS)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -67,9 +73,12 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(
             f"scheduler.warmup_epochs={warmup} is not valid for a {t.max_epochs}-epoch run; use 0 <= warmup_epochs < trainer.max_epochs"
         )
+    if cfg.task not in TASKS:
+        raise UserError(f"task={cfg.task} is not valid; use one of: {', '.join(TASKS)}")
+    losses, metrics = task_registries(cfg.task)
     for name in cfg.metric.names:
-        METRICS.get(name)
-    LOSSES.get(cfg.loss.name)
+        metrics.get(name)
+    losses.get(cfg.loss.name)
     OPTIMIZERS.get(cfg.optimizer.name)
     SCHEDULERS.get(cfg.scheduler.name)
     DATASETS.get(cfg.data.name)
@@ -83,7 +92,8 @@ def check_config(cfg: DictConfig) -> None:
 
 def monitor_choices(cfg: DictConfig) -> list:
     names = ["loss"] + list(cfg.metric.names)
-    choices = ["train/loss", "train/accuracy"] + [f"val/{name}" for name in names]
+    choices = ["train/loss"] + (["train/accuracy"] if cfg.task == "classification" else [])
+    choices += [f"val/{name}" for name in names]
     if cfg.trainer.ema_decay is not None:
         choices += [f"val_ema/{name}" for name in names]
     return choices
@@ -122,9 +132,24 @@ def build_data(cfg: DictConfig, device: torch.device) -> DataBundle:
     return build(DATASETS, plain(cfg.data), seed=cfg.seed, pin_memory=device.type == "cuda")
 
 
+def regression_targets(cfg: DictConfig, data: DataBundle):
+    """For task=regression: the numeric value of each class name (the digit of digits), indexed by label."""
+    if cfg.get("task", "classification") != "regression":
+        return None
+    try:
+        return torch.tensor([float(name) for name in data.class_names])
+    except ValueError:
+        raise UserError(
+            f"task=regression needs labels that are numbers; these are not: {', '.join(data.class_names[:5])}"
+        ) from None
+
+
 def build_model_and_loss(cfg: DictConfig, data: DataBundle):
-    model = build_model(plain(cfg.model), in_chans=data.in_chans, num_classes=data.num_classes)
-    loss_fn = build(LOSSES, plain(cfg.loss), num_classes=data.num_classes, train_labels=data.train_labels)
+    regression = cfg.get("task", "classification") == "regression"
+    outputs = 1 if regression else data.num_classes
+    model = build_model(plain(cfg.model), in_chans=data.in_chans, num_classes=outputs)
+    losses, _ = task_registries("regression" if regression else "classification")
+    loss_fn = build(losses, plain(cfg.loss), num_classes=data.num_classes, train_labels=data.train_labels)
     return model, loss_fn
 
 
@@ -227,6 +252,7 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         loop=loop_settings(cfg),
         ema=ema,
         mixup=getattr(data, "mixup", None),
+        target_values=regression_targets(cfg, data),
         run_dir=run_dir if place.is_main else None,
         run_info={"config": plain(cfg), "class_names": data.class_names},
         callbacks=callbacks if place.is_main else (),

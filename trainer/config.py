@@ -235,6 +235,7 @@ class TrainConfig:
     metric: Any = MISSING
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    task: str = "classification"  # classification | regression (set by the task group)
     seed: int = 0
     monitor: str = "val/f1"
     mode: Optional[str] = None  # min | max; null picks min for losses, max for everything else

@@ -22,7 +22,7 @@ from torch import nn
 from trainer.checkpoint import rng_state, save_checkpoint, set_rng_state
 from trainer.distributed import Place, all_reduce_sum, gather_in_order
 from trainer.errors import UserError
-from trainer.metrics import epoch_metrics
+from trainer.metrics import epoch_metrics, epoch_regression_metrics
 
 
 @dataclass
@@ -118,6 +118,7 @@ class Engine:
         loop: Optional[LoopSettings] = None,
         ema: Optional[Any] = None,
         mixup: Optional[Any] = None,
+        target_values: Optional[torch.Tensor] = None,
         run_dir: Optional[str] = None,
         run_info: Optional[Dict[str, Any]] = None,
         callbacks: Sequence[Any] = (),
@@ -135,6 +136,10 @@ class Engine:
         self.metric_names = list(metric_names)
         self.ema = ema
         self.mixup = mixup
+        # Regression: label i stands for the number target_values[i]; the model predicts one value.
+        self.target_values = None if target_values is None else target_values.to(device)
+        if self.mixup is not None and self.target_values is not None:
+            raise UserError("mixup/cutmix mix class labels; they cannot be used with task=regression")
         self.run_dir = run_dir
         self.run_info = dict(run_info or {})
         self.callbacks = list(callbacks)
@@ -229,7 +234,7 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader):
             inputs, targets = self._to_device(inputs, targets)
-            loss_targets = targets
+            loss_targets = targets if self.target_values is None else self.target_values[targets]
             if self.mixup is not None:
                 inputs, loss_targets = self.mixup(inputs, targets)
             closes_window = (i + 1) % self.loop.accumulate == 0 or i == num_batches - 1
@@ -247,7 +252,8 @@ class Engine:
                 self._optimizer_step()
             step_losses[i] = loss.detach()
             sizes.append(len(targets))
-            correct += (logits.detach().argmax(dim=1) == targets).sum()
+            if self.target_values is None:
+                correct += (logits.detach().argmax(dim=1) == targets).sum()
             self._notify("on_batch_end", "train")
         finite = torch.isfinite(step_losses)
         sizes = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
@@ -264,7 +270,7 @@ class Engine:
                 "lower optimizer.lr, set trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
             )
         record = {"train/loss": (totals[0] / totals[1]).item()}
-        if self.mixup is None:  # accuracy against mixed targets means nothing
+        if self.mixup is None and self.target_values is None:  # no accuracy for mixed targets or values
             record["train/accuracy"] = (totals[3] / totals[2]).item()
         return record
 
@@ -299,10 +305,16 @@ class Engine:
 
     @torch.inference_mode()
     def validate(self, loader) -> Dict[str, float]:
-        record = epoch_metrics(self.metric_names, *self.predict(loader), self.loss_fn)
+        record = self.score(*self.predict(loader))
         if self.ema is not None:
-            record.update(epoch_metrics(self.metric_names, *self.predict(loader, self.ema.module), self.loss_fn, "val_ema/"))
+            record.update(self.score(*self.predict(loader, self.ema.module), prefix="val_ema/"))
         return record
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor, prefix: str = "val/") -> Dict[str, float]:
+        """Loss and metrics of one whole epoch's predictions."""
+        if self.target_values is None:
+            return epoch_metrics(self.metric_names, outputs, targets, self.loss_fn, prefix)
+        return epoch_regression_metrics(self.metric_names, outputs, self.target_values[targets], self.loss_fn, prefix)
 
     def _to_device(self, inputs: torch.Tensor, targets: torch.Tensor):
         inputs = inputs.to(self.device, non_blocking=self.non_blocking)

@@ -32,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from trainer.checkpoint import load_model_state, read_checkpoint
     from trainer.engine import Engine, LoopSettings, finite_or_none
     from trainer.errors import UserError
-    from trainer.metrics import epoch_metrics, labels_and_probabilities
+    from trainer.metrics import labels_and_probabilities
     from trainer.reports import print_reports, write_reports
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):
@@ -63,22 +63,25 @@ def evaluate(cfg: DictConfig) -> dict:
     loop = LoopSettings(precision=precision if device.type == "cuda" or precision != "fp16" else "32",
                         channels_last=run_cfg.trainer.get("channels_last", False))
     engine = Engine(build.prepare_model(run_cfg, model, device), loss_fn, None, None, run_cfg.metric.names,
-                    device=device, loop=loop, ema=ema)
+                    device=device, loop=loop, ema=ema, target_values=build.regression_targets(run_cfg, data))
     # One prediction pass feeds both the metrics (computed as Engine.validate computes them) and the reports.
     logits, targets = engine.predict(data.val_loader)
-    metrics = epoch_metrics(run_cfg.metric.names, logits, targets, engine.loss_fn)
+    metrics = engine.score(logits, targets)
     if ema is not None:
-        metrics.update(epoch_metrics(run_cfg.metric.names, *engine.predict(data.val_loader, ema.module), engine.loss_fn, "val_ema/"))
-    y_true, prob = labels_and_probabilities(logits, targets)
+        metrics.update(engine.score(*engine.predict(data.val_loader, ema.module), prefix="val_ema/"))
+    classification = engine.target_values is None
 
-    table = Table(title=f"validation metrics, epoch {ckpt['epoch']}", caption=path)
+    print(f"checkpoint: {path}")
+    table = Table(title=f"validation metrics, epoch {ckpt['epoch']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         table.add_row(key, format_value(value))
     console = Console()
     console.print(table)
-    print_reports(console, y_true, prob, data.class_names)
+    if classification:
+        y_true, prob = labels_and_probabilities(logits, targets)
+        print_reports(console, y_true, prob, data.class_names)
 
     stem = os.path.splitext(path)[0]
     output = cfg.output or stem + ".metrics.json"
@@ -86,7 +89,7 @@ def evaluate(cfg: DictConfig) -> dict:
     with open(output, "w") as f:
         json.dump(finite_or_none(result), f, indent=2)
     directory, name = os.path.split(stem)
-    reports = write_reports(directory, y_true, prob, data.class_names, prefix=name + ".")
+    reports = write_reports(directory, y_true, prob, data.class_names, prefix=name + ".") if classification else []
     for written in [output, *reports]:
         print(f"written: {written}")
     return result

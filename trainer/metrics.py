@@ -198,3 +198,12 @@ def epoch_metrics(names: Sequence[str], logits: torch.Tensor, targets: torch.Ten
         loss = loss_fn(logits, targets)
     y_true, prob = labels_and_probabilities(logits, targets)
     return {f"{prefix}loss": loss.item(), **compute_metrics(names, y_true, prob, prefix)}
+
+
+def epoch_regression_metrics(names: Sequence[str], outputs: torch.Tensor, values: torch.Tensor, loss_fn: Callable,
+                             prefix: str = "val/") -> Dict[str, float]:
+    """`<prefix>loss` and every regression `<prefix><name>` from one epoch's (N, 1) outputs and (N,) true values."""
+    with torch.inference_mode():
+        loss = loss_fn(outputs, values)
+    y_pred = outputs.detach().float().reshape(-1).cpu().numpy()
+    return {f"{prefix}loss": loss.item(), **compute_regression_metrics(names, values.cpu().numpy(), y_pred, prefix)}

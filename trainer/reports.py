@@ -135,3 +135,25 @@ def confusion_figure(counts: np.ndarray, class_names: Sequence[str]):
             axes.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=fontsize,
                       color="white" if share[i, j] > 0.5 else "black")
     return figure
+
+
+def report_best_checkpoint(engine, loader, run_dir: str, class_names, is_main: bool = True) -> list:
+    """At the end of training: the per-class table and confusion matrix of best.ckpt, printed and written
+    to the run directory. Every process predicts (validation is gathered across processes); rank 0 writes."""
+    import os
+
+    from rich.console import Console
+
+    from trainer.checkpoint import read_checkpoint
+    from trainer.engine import unwrap
+    from trainer.metrics import labels_and_probabilities
+
+    best = os.path.join(run_dir, "checkpoints", "best.ckpt")
+    if not os.path.isfile(best):
+        return []
+    unwrap(engine.model).load_state_dict(read_checkpoint(best)["model"])
+    y_true, prob = labels_and_probabilities(*engine.predict(loader))
+    if not is_main:
+        return []
+    print_reports(Console(), y_true, prob, class_names)
+    return write_reports(run_dir, y_true, prob, class_names)
