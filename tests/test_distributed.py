@@ -52,3 +52,12 @@ def test_resume_a_two_process_run(tmp_path):
     for a, b in zip(straight, resumed):
         a.pop("seconds"), b.pop("seconds")
         assert a == b
+
+
+def test_slurm_launcher_config_composes(cli):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = cli("trainer", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "loss=focal", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr
+    launcher = result.stdout.split("  launcher:\n", 1)[1]
+    for line in ("partition: gpu", "gpus_per_node: 1", "timeout_min: 240", "SlurmLauncher"):
+        assert line in launcher, line
