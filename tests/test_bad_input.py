@@ -28,6 +28,10 @@ def assert_refused(result, *phrases):
         (["optimizer.lr=-1"], ["optimizer.lr=-1.0 is not valid"]),
         (["model=timm", "model.name=resnet1800"], ["unknown model 'resnet1800'", "did you mean"]),
         (["model.weights=/no/such/file.pth"], ["/no/such/file.pth", "does not exist"]),
+        # configs pick registered builders by name; no key can name something to import and call
+        (["loss._target_=os.system"], ["Key '_target_' not in 'CrossEntropyLoss'"]),
+        (["+loss._target_=os.system"], ["loss 'ce' does not take _target_"]),
+        (["+optimizer._target_=os.system"], ["optimizer 'adamw' does not take _target_"]),
     ],
 )
 def test_bad_configuration_is_refused(cli, tmp_path, args, phrases):
