@@ -25,6 +25,7 @@ def train(cfg: DictConfig) -> float:
     from trainer.errors import UserError
 
     build.check_config(cfg)
+    build.normalise_config(cfg)  # before the config is stored in checkpoints
     run_dir = HydraConfig.get().runtime.output_dir
     checkpoints = os.path.join(run_dir, "checkpoints")
     if os.path.isdir(checkpoints) and os.listdir(checkpoints):
