@@ -255,3 +255,22 @@ def test_normalise_config_makes_paths_absolute_and_fills_input_settings(monkeypa
     assert cfg.data.image_dir.startswith("/") and "~" not in cfg.data.image_dir
     assert cfg.data.image_size == 224 and cfg.data.interpolation == "bicubic" and cfg.data.std == [0.2]
     assert len(cfg.data.mean) == 1
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_size_that_keeps_what_the_transform_uses(tmp_path):
+    from trainer.transforms import decode_size
+
+    photo = digit_image(7, (512, 384), "RGB")
+    photo.save(tmp_path / "photo.jpg")
+    photo.save(tmp_path / "photo.png")
+    assert load_image(str(tmp_path / "photo.jpg"), "RGB", decode_size=100).size == (256, 192)  # 1/2: 1/4 would be < 100
+    assert load_image(str(tmp_path / "photo.jpg"), "L", decode_size=40).size == (64, 48)  # 1/8
+    assert load_image(str(tmp_path / "photo.png"), "RGB", decode_size=40).size == (512, 384)  # only JPEG has draft
+    spec = resolve_input("cnn", 3, image_size=64, crop_pct=0.8)
+    assert decode_size(spec) == 80 and decode_size(spec, scale=(0.25, 1.0)) == 128
+
+
+def test_loaders_decode_at_the_size_their_transform_needs(folder):
+    data = folder_data(folder, scale=[0.25, 1.0])
+    assert data.train_loader.dataset.decode_size == 32 and data.val_loader.dataset.decode_size == 16
+    assert folder_data(folder, augment=False).train_loader.dataset.decode_size == 16

@@ -21,7 +21,7 @@ from trainer import images
 from trainer.errors import UserError
 from trainer.loaders import ImageLoader, make_loaders
 from trainer.registry import Registry
-from trainer.transforms import build_mixup, eval_transform, resolve_input, train_transform
+from trainer.transforms import build_mixup, decode_size, eval_transform, resolve_input, train_transform
 
 DATASETS = Registry("dataset")
 log = logging.getLogger("trainer")
@@ -203,8 +203,9 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
         train = (paths, targets)
         val = (np.asarray(val[0], dtype=object), np.asarray([index[label] for label in val[1]], dtype=np.int64))
     mix = build_mixup(len(class_names), batch_size, mixup, cutmix, mixup_prob, mixup_switch_prob, mixup_mode, label_smoothing)
-    train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files)
-    val_set = images.ImageFiles(val[0], val[1], eval_tf, channels, skip_bad_files)
+    train_size = decode_size(spec, augmentation["scale"] if augmentation["augment"] else None)
+    train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files, decode_size=train_size)
+    val_set = images.ImageFiles(val[0], val[1], eval_tf, channels, skip_bad_files, decode_size=decode_size(spec))
     train_loader, val_loader = make_loaders(
         train_set, val_set, batch_size, num_workers, seed, pin_memory, sampler=sampler, train_labels=train[1],
         drop_last=mix is not None, loader_class=ImageLoader,

@@ -50,7 +50,7 @@ def predict(cfg: DictConfig) -> str:
     from trainer.errors import UserError
     from trainer.loaders import available_cpus, seed_worker
     from trainer.models import build_model
-    from trainer.transforms import eval_transform, resolve_input
+    from trainer.transforms import decode_size, eval_transform, resolve_input
 
     device = build.resolve_device(cfg.device)
 
@@ -70,7 +70,7 @@ def predict(cfg: DictConfig) -> str:
     if not paths:
         raise UserError(f"input={cfg.input}: no readable image is left to predict")
     spec = resolve_input(run_cfg.model.name, data.channels, *(data[key] for key in build.INPUT_KEYS))
-    dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"])
+    dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"], decode_size(spec))
     workers = available_cpus() if cfg.num_workers is None else cfg.num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
@@ -139,8 +139,8 @@ class PredictionInputs:
     """(transformed image, "") per file, or (zeros, why it failed): a decode failure is reported in
     the main process, which knows the path, instead of as a worker's traceback."""
 
-    def __init__(self, paths, transform, channels: int, image_size: int):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths, transform, channels: int, image_size: int, decode_size: int):
+        self.paths, self.transform, self.decode_size = paths, transform, decode_size
         self.mode = "L" if channels == 1 else "RGB"
         self.shape = (channels, image_size, image_size)
 
@@ -153,7 +153,7 @@ class PredictionInputs:
         from trainer.images import UnreadableImage, load_image
 
         try:
-            return self.transform(load_image(self.paths[index], self.mode)), ""
+            return self.transform(load_image(self.paths[index], self.mode, decode_size=self.decode_size)), ""
         except UnreadableImage as err:
             return torch.zeros(self.shape), err.reason
 

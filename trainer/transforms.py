@@ -2,6 +2,7 @@
 transform, and Mixup/CutMix. Input size, mean and std come from the config, or from the model.
 """
 
+import math
 from typing import Any, Dict, Optional, Sequence
 
 from trainer.errors import UserError
@@ -69,6 +70,15 @@ def resolve_input(model_name: str, channels: int, image_size=None, mean=None, st
         raise UserError(f"data.crop_pct={spec['crop_pct']} is not valid; use a number in (0, 1]")
     spec["channels"] = channels
     return spec
+
+
+def decode_size(spec: Dict[str, Any], scale: Optional[Sequence[float]] = None) -> int:
+    """The smallest shorter side at which an image keeps every pixel its transform can use.
+    Evaluation resizes the shorter side to image_size / crop_pct; a training crop may cover as
+    little as scale[0] of the area, which is then resized to image_size."""
+    if scale is None:
+        return math.ceil(spec["image_size"] / spec["crop_pct"])
+    return math.ceil(spec["image_size"] / math.sqrt(scale[0]))
 
 
 def eval_transform(spec: Dict[str, Any]):
