@@ -188,6 +188,8 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
                  **augmentation) -> DataBundle:
     """Subsample, split, and wrap checked image files in transforms and loaders. `augmentation`:
     the keyword arguments of trainer.transforms.train_transform (augment, scale, hflip, ...)."""
+    if not paths:
+        raise UserError(f"{source}: no readable image is left")
     spec = resolve_input(model_name, channels, image_size, mean, std, interpolation, crop_pct)
     train_tf, eval_tf = train_transform(spec, **augmentation), eval_transform(spec)
     index = {name: i for i, name in enumerate(class_names)}

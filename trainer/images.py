@@ -206,8 +206,8 @@ def drop_bad_files(paths: List[str], labels: List[str], skip_bad_files: bool, wh
     listed = "; ".join(f"'{paths[i]}' {reason}" for i, reason in problems[:5])
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     if not skip_bad_files:
-        noun = "a bad image file" if len(problems) == 1 else f"{len(problems)} bad image files"
-        raise UserError(f"{what} has {noun}: {listed}{more}. Remove or replace them, or {skip_hint(skip_key)}")
+        noun, them = ("a bad image file", "it") if len(problems) == 1 else (f"{len(problems)} bad image files", "them")
+        raise UserError(f"{what} has {noun}: {listed}{more}. Remove or replace {them}, or {skip_hint(skip_key)}")
     log.warning(f"warning: left out {len(problems)} of {len(paths)} image files of {what} ({skip_key}=true): {listed}{more}")
     bad = {i for i, _ in problems}
     keep = [i for i in range(len(paths)) if i not in bad]
@@ -246,9 +246,11 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable, channels: int,
                  skip_bad_files: bool = False, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None):
-        self.paths = list(paths)
+        # numpy arrays, not lists of Python objects: reading a list's items from forked workers
+        # touches their reference counts, which copies the parent's memory into every worker
+        self.paths = np.asarray(paths, dtype=str)
+        self.targets = np.asarray(targets, dtype=np.int64)
         self.decode_size = decode_size
-        self.targets = list(targets)
         self.transform = transform
         self.mode = "L" if channels == 1 else "RGB"
         self.skip_bad_files, self.skip_key = skip_bad_files, skip_key
@@ -261,7 +263,7 @@ class ImageFiles(Dataset):
         for attempt in range(len(self.paths)):
             i = (index + attempt) % len(self.paths)
             try:
-                image = load_image(self.paths[i], self.mode, self.skip_key, self.decode_size)
+                image = load_image(str(self.paths[i]), self.mode, self.skip_key, self.decode_size)
             except UnreadableImage as err:
                 if not self.skip_bad_files:
                     raise
@@ -269,5 +271,5 @@ class ImageFiles(Dataset):
                     self.reported.add(i)
                     log.warning(f"warning: left out {message_of(err).split(';')[0]} ({self.skip_key}=true)")
                 continue
-            return self.transform(image), self.targets[i]
+            return self.transform(image), int(self.targets[i])
         raise UnreadableImage(f"none of the {len(self.paths)} image files could be read")
