@@ -127,3 +127,15 @@ def test_predict_refuses_a_checkpoint_without_image_transform(tmp_path):
     torch.save({"model": {}, "class_names": ["0", "1"], "config": {"data": {"name": "digits"}, "model": {"name": "cnn"}}}, ckpt)
     with pytest.raises(UserError, match="was trained on data=digits"):
         predict(f"ckpt_path={ckpt}", f"input={tmp_path}")
+
+
+def test_predict_reads_a_csv_of_ids_the_way_the_training_csv_was_read(image_run, tmp_path):
+    """With neither path_column nor path_suffix given, the training run's data.path_column and data.path_suffix apply."""
+    ckpt = torch.load(image_run / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt["config"]["data"].update(name="csv", path_column="id", path_suffix=".png")
+    torch.save(ckpt, tmp_path / "csv.ckpt")
+    ids = [str(p.relative_to(image_run / "digits").with_suffix("")) for p in sorted((image_run / "digits").rglob("*.png"))[:4]]
+    listing = write_csv(tmp_path / "test.csv", [(i,) for i in ids], header=("id",))
+    output = tmp_path / "submission.csv"
+    predict(f"ckpt_path={tmp_path / 'csv.ckpt'}", f"input={listing}", f"image_dir={image_run / 'digits'}", f"output={output}")
+    assert [r["id"] for r in read_csv(output)] == ids

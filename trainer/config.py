@@ -195,6 +195,7 @@ class PredictConfig:
     device: str = "auto"
     path_column: Optional[str] = None  # CSV input: null = the training CSV's column, else "path"
     image_dir: Optional[str] = None  # CSV input: paths are relative to it; null: the CSV's folder
+    path_suffix: Optional[str] = None  # CSV input: appended to each path; null: the training CSV's data.path_suffix
     skip_bad_files: bool = False
 
 

@@ -125,7 +125,7 @@ def list_inputs(cfg: DictConfig, data: DictConfig):
     if os.path.isfile(source) and source.lower().endswith(".csv"):
         trained_on_csv = data.name == "csv"
         column = cfg.path_column or (data.path_column if trained_on_csv else "path")
-        suffix = data.path_suffix if trained_on_csv else ""
+        suffix = cfg.path_suffix if cfg.path_suffix is not None else (data.path_suffix if trained_on_csv else "")
         paths, _, names = images.scan_csv(source, cfg.image_dir, column, None, suffix, key="input")
         return paths, names, column
     if os.path.isfile(source) and images.is_image_file(source):
