@@ -34,6 +34,7 @@ def train(cfg: DictConfig) -> float:
     if cfg.resume is not None:
         cfg, state = load_resume_state(cfg, HydraConfig.get().overrides.task, run_dir)
     build.check_config(cfg)
+    build.normalise_config(cfg)  # before the config is stored in checkpoints
     checkpoints = os.path.join(run_dir, "checkpoints")
     if state is None and os.path.isdir(checkpoints) and os.listdir(checkpoints):
         raise UserError(

@@ -128,8 +128,36 @@ def configure_torch(deterministic: bool, device: torch.device) -> None:
     torch.use_deterministic_algorithms(deterministic)
 
 
+# Config keys of the image datasets that hold paths, and those that must be given.
+DATA_PATH_KEYS = ("root", "val_root", "csv", "val_csv", "image_dir")
+REQUIRED_DATA_KEYS = {"image_folder": "root", "csv": "csv"}
+INPUT_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def normalise_config(cfg: DictConfig) -> None:
+    """Make the config that a checkpoint stores usable on its own, from any working directory:
+    data paths become absolute, and input settings left null (image size, mean, std, ...) take the
+    model's defaults, so evaluate and predict use exactly the numbers training used."""
+    from hydra.utils import to_absolute_path  # against the directory the run was started from
+
+    from trainer.transforms import resolve_input
+
+    data = cfg.data
+    required = REQUIRED_DATA_KEYS.get(data.name)
+    if required is not None and OmegaConf.is_missing(data, required):
+        raise UserError(f"data.{required} is required with data={data.name}, e.g. data.{required}=path/to/"
+                        + ("images (one sub-folder per class)" if required == "root" else "train.csv"))
+    for key in DATA_PATH_KEYS:
+        if key in data and data[key] is not None:
+            data[key] = to_absolute_path(os.path.expanduser(data[key]))
+    if "channels" in data:
+        spec = resolve_input(cfg.model.name, data.channels, *(data[key] for key in INPUT_KEYS))
+        for key in INPUT_KEYS:
+            data[key] = list(spec[key]) if isinstance(spec[key], tuple) else spec[key]
+
+
 def build_data(cfg: DictConfig, device: torch.device) -> DataBundle:
-    return build(DATASETS, plain(cfg.data), seed=cfg.seed, pin_memory=device.type == "cuda")
+    return build(DATASETS, plain(cfg.data), seed=cfg.seed, pin_memory=device.type == "cuda", model_name=cfg.model.name)
 
 
 def regression_targets(cfg: DictConfig, data: DataBundle):

@@ -48,10 +48,10 @@ def output_dir_problem(argv: List[str]):
 def join_torchrun(argv: List[str]) -> None:
     """Under torchrun every rank runs this command: they must share rank 0's run directory, and only
     rank 0 writes Hydra's files and the log file."""
+    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):  # torchrun's variables; torch stays unloaded
+        return
     from trainer import distributed
 
-    if not distributed.launched_by_torchrun():
-        return
     if {"-m", "--multirun"} & set(argv):
         print("error: a sweep (-m) cannot run under torchrun; run each job with torchrun instead", file=sys.stderr)
         raise SystemExit(2)

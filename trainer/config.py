@@ -20,6 +20,10 @@ class DigitsData:
     val_fraction: float = 0.2
     image_size: int = 8  # upsampled once in memory when larger (e.g. 32 for a timm resnet)
     num_workers: int = 0  # in-memory tensors: worker processes only add overhead
+    sampler: str = "random"  # random | balanced (inverse class frequency, with replacement)
+    # class name -> fraction of its images kept (seeded, before the split), e.g. {3: 0.1}; null keeps all.
+    # Typed Any: Hydra cannot override a null Dict-typed node from the command line; the builder checks it.
+    class_fraction: Any = None
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -256,8 +260,81 @@ class EvaluateConfig:
     output: Optional[str] = None  # JSON path; default: <checkpoint>.metrics.json beside it
 
 
+@dataclass
+class PredictConfig:
+    ckpt_path: str = MISSING
+    input: str = MISSING  # a folder (every image under it), a CSV with a column of paths, or one image
+    output: str = "predictions.csv"
+    overwrite: bool = False
+    tta: str = "none"  # none | flip (average with the horizontal mirror)
+    batch_size: int = 64
+    num_workers: Optional[int] = None  # null: one loader process per CPU core this process may use
+    device: str = "auto"
+    path_column: Optional[str] = None  # CSV input: null = the training CSV's column, else "path"
+    image_dir: Optional[str] = None  # CSV input: paths are relative to it; null: the CSV's folder
+    path_suffix: Optional[str] = None  # CSV input: appended to each path; null: the training CSV's data.path_suffix
+    skip_bad_files: bool = False
+
+
+# --- data: datasets of image files ---------------------------------------------------------
+@dataclass
+class ImageData:
+    """What every dataset of image files shares: loading, input size, augmentation, mixing, sampling."""
+
+    name: str = MISSING
+    batch_size: int = 32
+    val_fraction: float = 0.2  # stratified, seeded split when no separate validation set is given
+    channels: int = 3  # 1 (grayscale) or 3 (RGB); every image is converted to it
+    # null: the model's own default (timm's pretrained config; for the built-in cnn 32 px, mean = std = 0.5)
+    image_size: Optional[int] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    interpolation: Optional[str] = None  # bilinear | bicubic | nearest | ...
+    crop_pct: Optional[float] = None  # evaluation: resize to image_size / crop_pct, then center-crop
+    # training augmentation, by timm.data.create_transform
+    augment: bool = True  # false: training images get the evaluation transform
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
+    ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random-resized-crop aspect range
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float = 0.4  # ignored by timm when auto_augment is set
+    auto_augment: Optional[str] = None  # timm string: rand-m9-mstd0.5 (RandAugment), rand-n1-m10-mstd101-p1, augmix-m5-w4-d2
+    re_prob: float = 0.0  # random erasing probability
+    re_mode: str = "pixel"  # const | rand | pixel
+    re_count: int = 1
+    # mixup / cutmix on training batches (timm.data.Mixup): active when mixup > 0 or cutmix > 0
+    mixup: float = 0.0  # mixup alpha
+    cutmix: float = 0.0  # cutmix alpha
+    mixup_prob: float = 1.0  # probability of mixing a batch (or element, by mixup_mode)
+    mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    mixup_mode: str = "batch"  # batch | pair | elem
+    label_smoothing: float = 0.1  # of the mixed soft targets
+    sampler: str = "random"  # random | balanced (inverse class frequency, with replacement)
+    class_fraction: Any = None  # as for digits: {class name: fraction kept}
+    num_workers: Optional[int] = None  # null: one loader process per CPU core this process may use
+    skip_bad_files: bool = False  # true: unreadable or missing images are left out with a warning
+
+
+@dataclass
+class ImageFolderData(ImageData):
+    name: str = "image_folder"
+    root: str = MISSING  # one sub-folder per class
+    val_root: Optional[str] = None  # same layout; when null, data.val_fraction of root is held out
+
+
+@dataclass
+class CsvData(ImageData):
+    name: str = "csv"
+    csv: str = MISSING  # one row per image: a path column and a label column
+    image_dir: Optional[str] = None  # paths in the CSV are relative to it; null: the CSV's folder
+    path_column: str = "image"
+    label_column: str = "label"
+    path_suffix: str = ""  # appended to every path, for CSVs of ids without extension (e.g. .jpg)
+    val_csv: Optional[str] = None  # same columns and image_dir; when null, data.val_fraction is held out
+
+
 SCHEMAS = {
-    "data": {"digits": DigitsData},
+    "data": {"digits": DigitsData, "image_folder": ImageFolderData, "csv": CsvData},
     "model": {"cnn": CnnModel, "timm": TimmModel},
     "loss": {
         "ce": CrossEntropyLoss,
@@ -292,6 +369,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="lr_preview_schema", node=LrPreviewConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(name=f"{group}_{name}_schema", node=node)

@@ -1,0 +1,193 @@
+"""`python -m trainer.predict ckpt_path=<run>/checkpoints/best.ckpt input=<folder|CSV|image> output=predictions.csv`
+
+One row per image: its path, the predicted class and the probability of every class. Model,
+classes and the evaluation transform come from the checkpoint alone (its stored config, class
+names and weights). `tta=flip` averages the probabilities of each image and its mirror image.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from trainer.config import register_configs
+from trainer.errors import reported_as_exit
+
+register_configs()
+
+REQUIRED_KEYS = ("model", "config", "class_names")
+TTA_MODES = ("none", "flip")
+
+
+def check_request(cfg: DictConfig) -> None:
+    """What can be refused before loading torch and the checkpoint."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from trainer.errors import UserError
+
+    for key in ("ckpt_path", "input"):
+        if OmegaConf.is_missing(cfg, key):
+            raise UserError(f"{key} is required: python -m trainer.predict ckpt_path=<run>/checkpoints/best.ckpt "
+                            "input=<folder, CSV or image> output=predictions.csv")
+    if cfg.tta not in TTA_MODES:
+        raise UserError(f"tta={cfg.tta} is not valid; use one of: {', '.join(TTA_MODES)}")
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size={cfg.batch_size} is not valid; use an integer >= 1")
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise UserError(f"num_workers={cfg.num_workers} is not valid; use 0 (load in the main process) or more")
+    if os.path.exists(cfg.output) and not cfg.overwrite:
+        raise UserError(f"output={cfg.output} already exists; choose another file, or set overwrite=true to replace it")
+
+
+def predict(cfg: DictConfig) -> str:
+    check_request(cfg)
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from trainer import build, images
+    from trainer.checkpoint import load_model_state, read_checkpoint
+    from trainer.errors import UserError
+    from trainer.loaders import available_cpus, seed_worker
+    from trainer.models import build_model
+    from trainer.transforms import decode_size, eval_transform, resolve_input
+
+    device = build.resolve_device(cfg.device)
+
+    ckpt = read_checkpoint(cfg.ckpt_path)
+    missing = [key for key in REQUIRED_KEYS if not (isinstance(ckpt, dict) and key in ckpt)]
+    if missing:
+        raise UserError(f"'{cfg.ckpt_path}' is not a trainer checkpoint (missing: {', '.join(missing)})")
+    run_cfg = OmegaConf.create(ckpt["config"])
+    data = run_cfg.data
+    if "channels" not in data:
+        raise UserError(f"'{cfg.ckpt_path}' was trained on data={data.name}, not on image files, so it has no "
+                        "image transform to predict with; use a checkpoint of a data=image_folder or data=csv run")
+    class_names = [str(name) for name in ckpt["class_names"]]
+
+    paths, shown, path_header = list_inputs(cfg, data)
+    paths, shown = images.drop_bad_files(paths, shown, cfg.skip_bad_files, f"input={cfg.input}", skip_key="skip_bad_files")
+    if not paths:
+        raise UserError(f"input={cfg.input}: no readable image is left to predict")
+    spec = resolve_input(run_cfg.model.name, data.channels, *(data[key] for key in build.INPUT_KEYS))
+    dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"], decode_size(spec))
+    workers = available_cpus() if cfg.num_workers is None else cfg.num_workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+        worker_init_fn=seed_worker if workers > 0 else None,
+    )
+
+    model_cfg = build.plain(run_cfg.model)
+    model_cfg["weights"] = None  # the checkpoint holds the weights
+    if "pretrained" in model_cfg:
+        model_cfg["pretrained"] = False
+    model = build_model(model_cfg, in_chans=data.channels, num_classes=len(class_names))
+    load_model_state(model, ckpt["model"], cfg.ckpt_path)
+    model.to(device).eval()
+
+    probabilities, failures = [], []
+    with torch.inference_mode():
+        for batch, reasons in loader:
+            batch = batch.to(device, non_blocking=device.type == "cuda")
+            prob = torch.softmax(model(batch).float(), dim=1)
+            if cfg.tta == "flip":
+                prob = (prob + torch.softmax(model(torch.flip(batch, dims=[3])).float(), dim=1)) / 2
+            probabilities.append(prob.cpu())
+            failures += list(reasons)
+    prob = torch.cat(probabilities).numpy()
+
+    unreadable = [i for i, reason in enumerate(failures) if reason]
+    if unreadable:
+        first = f"'{paths[unreadable[0]]}' {failures[unreadable[0]]}"
+        if not cfg.skip_bad_files:
+            raise UserError(f"{len(unreadable)} image file(s) could not be decoded, the first: {first}. "
+                            "Remove or replace them, or set skip_bad_files=true to leave them out")
+        print(f"warning: left out {len(unreadable)} image file(s) that could not be decoded, the first: {first}")
+    keep = [i for i in range(len(paths)) if not failures[i]]
+    write_predictions(cfg.output, path_header, [shown[i] for i in keep], prob[keep], class_names)
+    print(f"written: {cfg.output} ({len(keep)} images, {len(class_names)} classes, tta={cfg.tta})")
+    return cfg.output
+
+
+def list_inputs(cfg: DictConfig, data: DictConfig):
+    """(image paths, the names written in the output, the output's first column header)."""
+    import os
+
+    from trainer import images
+    from trainer.errors import UserError
+
+    source = cfg.input
+    if os.path.isdir(source):
+        paths = images.images_under(source)
+        if not paths:
+            raise UserError(f"input={source} holds no image files (extensions: {' '.join(images.image_extensions())})")
+        return paths, [os.path.relpath(p, source) for p in paths], "path"
+    if os.path.isfile(source) and source.lower().endswith(".csv"):
+        trained_on_csv = data.name == "csv"
+        column = cfg.path_column or (data.path_column if trained_on_csv else "path")
+        suffix = cfg.path_suffix if cfg.path_suffix is not None else (data.path_suffix if trained_on_csv else "")
+        paths, _, names = images.scan_csv(source, cfg.image_dir, column, None, suffix, key="input")
+        return paths, names, column
+    if os.path.isfile(source) and images.is_image_file(source):
+        return [source], [source], "path"
+    if not os.path.exists(source):
+        raise UserError(f"input={source} does not exist")
+    raise UserError(f"input={source} is neither a folder, a .csv file nor an image file")
+
+
+class PredictionInputs:
+    """(transformed image, "") per file, or (zeros, why it failed): a decode failure is reported in
+    the main process, which knows the path, instead of as a worker's traceback."""
+
+    def __init__(self, paths, transform, channels: int, image_size: int, decode_size: int):
+        self.paths, self.transform, self.decode_size = paths, transform, decode_size
+        self.mode = "L" if channels == 1 else "RGB"
+        self.shape = (channels, image_size, image_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        from trainer.images import UnreadableImage, load_image
+
+        try:
+            return self.transform(load_image(self.paths[index], self.mode, decode_size=self.decode_size)), ""
+        except UnreadableImage as err:
+            return torch.zeros(self.shape), err.reason
+
+
+def write_predictions(path: str, path_header: str, names, prob, class_names) -> None:
+    """Written to a temporary file and renamed into place: never a half-written predictions file."""
+    import csv
+    import os
+    import tempfile
+
+    columns = list(class_names)
+    if set(columns) & {path_header, "prediction"}:  # a class called "path" would hide a column
+        columns = [f"prob_{name}" for name in class_names]
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([path_header, "prediction", *columns])
+            for name, row in zip(names, prob):
+                writer.writerow([name, class_names[int(row.argmax())], *(f"{p:.6g}" for p in row)])
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@hydra.main(config_path="../conf", config_name="predict", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with reported_as_exit():
+        predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
