@@ -164,6 +164,7 @@ class TrainConfig:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     metric: Any = MISSING
+    logger: Any = MISSING
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     seed: int = 0
     monitor: str = "val/f1"
@@ -202,6 +203,21 @@ SCHEMAS = {
     },
     "metric": {"set": MetricSet},
 }
+
+
+# --- logger: where per-epoch scalars go besides metrics.csv and curves.png -------------------
+@dataclass
+class NoLogger:
+    name: str = "none"
+
+
+@dataclass
+class TensorBoardLogger:
+    name: str = "tensorboard"
+    log_dir: str = "tensorboard"  # relative to the run directory
+
+
+SCHEMAS["logger"] = {"none": NoLogger, "tensorboard": TensorBoardLogger}
 
 
 def register_configs() -> None:
