@@ -11,10 +11,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.trainer_optuna_sweeper import register as register_optuna_sweeper
 from trainer.config import register_configs
 from trainer.errors import record_failed_job, reported_as_exit, summary_stamp
 
 register_configs()
+register_optuna_sweeper()
 
 
 def train(cfg: DictConfig) -> float:
