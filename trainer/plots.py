@@ -12,6 +12,8 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
+from trainer.callbacks import format_value
+
 CURVES_PNG = "curves.png"
 SWEEP_PNG = "sweep.png"
 COLORS = {"train": "C0", "val": "C1"}  # the same split has the same colour in every panel
@@ -87,9 +89,10 @@ def draw_dots(labels: Sequence[str], values: Sequence[Optional[float]], errors: 
             ax.annotate("no value", (left, y), va="center", fontsize=8, color="C3")
             continue
         ax.errorbar([value], [y], xerr=None if error is None else [error], fmt="o", color="C0", capsize=3)
-        ax.annotate(f"{value:.4g}", (value, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
+        ax.annotate(format_value(float(value)), (value, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.set_ylim(n - 0.5, -0.7)  # first row on top, room for its number
+    ax.margins(x=0.08)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
