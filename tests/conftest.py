@@ -66,3 +66,17 @@ def compose_train(*overrides: str):
     register_configs()
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
         return compose("train", overrides=["progress=false", *overrides])
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tmp_path_factory):
+    """One real sweep of 1-epoch jobs shared by the sweep and report tests: three learning rates, one of
+    them invalid (its two jobs fail at run time, after composition), times two seeds."""
+    root = tmp_path_factory.mktemp("sweep")
+    sweep_dir = root / "sweep"
+    result = run_module(
+        "trainer", "-m", "optimizer.lr=0.003,0.01,-1", "seed=0,1", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}",
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return sweep_dir, result

@@ -4,16 +4,21 @@ Heavy libraries (torch, timm, scikit-learn) are imported inside `train`, so `--h
 and shell completion answer without loading them.
 """
 
+import math
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.trainer_optuna_sweeper import register as register_optuna_sweeper
 from trainer.config import register_configs
-from trainer.errors import reported_as_exit
 from trainer import command_line
+from trainer.errors import record_failed_job, reported_as_exit, summary_stamp
 
 register_configs()
+register_optuna_sweeper()
 
 
 def train(cfg: DictConfig) -> float:
@@ -75,8 +80,18 @@ def train(cfg: DictConfig) -> float:
 
 @hydra.main(config_path="../conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float:
-    with reported_as_exit():
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        with reported_as_exit():
+            return train(cfg)
+    # In a sweep one failing job must not end the others: its error goes into its summary.json
+    # (the sweep table reads it) and Hydra gets NaN, which sweepers count as a failed trial.
+    run_dir = HydraConfig.get().runtime.output_dir
+    earlier = summary_stamp(run_dir)
+    try:
         return train(cfg)
+    except Exception as error:
+        record_failed_job(run_dir, error, earlier, monitor=cfg.monitor, mode=cfg.mode)
+        return math.nan
 
 
 if __name__ == "__main__":

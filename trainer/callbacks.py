@@ -1,4 +1,4 @@
-"""Observers of the Engine: progress bar, per-epoch log line, metrics.csv.
+"""Observers of the Engine: progress bar, per-epoch log line, metrics.csv, curves.png, TensorBoard.
 
 A callback only watches: it receives events and writes to the screen or to files, and it never
 changes the run. Their order does not matter.
@@ -124,6 +124,56 @@ class RichProgress(Callback):
         self.progress.stop()
 
 
+class CurvesPlot(Callback):
+    """curves.png redrawn after every epoch, so a run's picture is current while it trains."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: List[Dict[str, float]] = []
+        self.broken = False
+
+    def on_epoch_end(self, engine, record, improved) -> None:
+        self.rows.append(dict(record))
+        if self.broken:
+            return
+        from trainer.plots import draw_curves
+
+        try:
+            draw_curves(self.rows, engine.monitor, self.path, best_epoch=engine.best_epoch)
+        except Exception as error:  # a picture is not worth a training run: warn once and go on
+            self.broken = True
+            log.warning(f"curves.png not drawn ({type(error).__name__}: {error}); redraw later with python -m trainer.report")
+
+
+class TensorBoardWriter(Callback):
+    """TensorBoard event files: every per-epoch number of metrics.csv (losses, metrics, lr) as a scalar."""
+
+    def __init__(self, log_dir: str):
+        import importlib.util
+
+        from trainer.errors import UserError
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UserError("logger=tensorboard needs the tensorboard package: pip install tensorboard")
+        self.log_dir = log_dir
+        self.writer = None
+
+    def on_fit_start(self, engine, train_batches, val_batches) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=self.log_dir)
+
+    def on_epoch_end(self, engine, record, improved) -> None:
+        for key, value in record.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, global_step=record["epoch"])
+        self.writer.flush()  # readable while the run goes on
+
+    def on_fit_end(self, engine, summary) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def progress_wanted(enabled: bool) -> bool:
     """Drawn only on a terminal: logs and pipes get the per-epoch lines alone."""
     import sys
@@ -133,7 +183,16 @@ def progress_wanted(enabled: bool) -> bool:
 
 def run_callbacks(cfg, run_dir: str) -> List[Callback]:
     """The observers of a training run, chosen by the config."""
-    callbacks: List[Callback] = [EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv"))]
+    from trainer.errors import UserError
+    from trainer.plots import CURVES_PNG
+
+    callbacks: List[Callback] = [
+        EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv")), CurvesPlot(os.path.join(run_dir, CURVES_PNG))
+    ]
     if progress_wanted(cfg.progress):
         callbacks.append(RichProgress())
+    if cfg.logger.name == "tensorboard":
+        callbacks.append(TensorBoardWriter(os.path.join(run_dir, cfg.logger.log_dir)))
+    elif cfg.logger.name != "none":
+        raise UserError(f"unknown logger '{cfg.logger.name}'; choose one of: none, tensorboard")
     return callbacks

@@ -237,6 +237,7 @@ class TrainConfig:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     metric: Any = MISSING
+    logger: Any = MISSING
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     task: str = "classification"  # classification | regression (set by the task group)
@@ -362,6 +363,21 @@ SCHEMAS = {
     },
     "metric": {"set": MetricSet},
 }
+
+
+# --- logger: where per-epoch scalars go besides metrics.csv and curves.png -------------------
+@dataclass
+class NoLogger:
+    name: str = "none"
+
+
+@dataclass
+class TensorBoardLogger:
+    name: str = "tensorboard"
+    log_dir: str = "tensorboard"  # relative to the run directory
+
+
+SCHEMAS["logger"] = {"none": NoLogger, "tensorboard": TensorBoardLogger}
 
 
 def register_configs() -> None:
