@@ -1,5 +1,7 @@
 """The command line through real subprocesses: train, evaluate, multirun, and the run directory contract."""
 
+import pytest
+
 import math
 import sys
 
@@ -48,6 +50,7 @@ def test_evaluate_reproduces_the_recorded_metrics(trained_run):
         assert abs(value - float(row[key])) <= 1e-6, key
 
 
+@pytest.mark.slow
 def test_every_group_is_a_command_line_option(cli, tmp_path):
     run_dir = tmp_path / "run"
     result = cli(
@@ -79,6 +82,7 @@ def test_multirun_gives_each_job_its_own_directory(cli, tmp_path):
     assert seen == {("ce", "step"), ("ce", "cosine"), ("focal", "step"), ("focal", "cosine")}
 
 
+@pytest.mark.slow
 def test_default_run_directories_are_unique(tmp_path):
     """Two runs started together, in the same second, each get their own directory under outputs/."""
     import subprocess
@@ -105,6 +109,7 @@ def test_local_weights_file_starts_the_model(trained_run, cli, tmp_path):
     assert float(read_csv(run_dir / "metrics.csv")[0]["val/f1"]) >= source_best - 0.01
 
 
+@pytest.mark.slow
 def test_timm_model_by_name(cli, tmp_path):
     run_dir = tmp_path / "run"
     result = cli("trainer", "model=timm", "model.name=resnet10t", "trainer.max_epochs=1", "data.batch_size=128", f"hydra.run.dir={run_dir}")
@@ -143,6 +148,7 @@ def test_end_of_training_reports_of_the_best_epoch(trained_run):
     assert len(matrix) == 11  # a header row and one row per class
 
 
+@pytest.mark.slow
 def test_regression_predicts_the_digit_value(cli, tmp_path):
     run_dir = tmp_path / "run"
     result = cli("trainer", "task=regression", "trainer.max_epochs=4", f"hydra.run.dir={run_dir}")

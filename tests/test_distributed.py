@@ -19,6 +19,7 @@ def torchrun(nproc, run_dir, *overrides):
     return result
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     torchrun(1, tmp_path / "one", "data.batch_size=64", "trainer.max_epochs=2")
     two = torchrun(2, tmp_path / "two", "data.batch_size=32", "trainer.max_epochs=2")

@@ -73,6 +73,7 @@ def run_search(cli, sweep_dir, n_trials):
     return result
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_continues_where_it_stopped(cli, tmp_path):
     sweep_dir = tmp_path / "search"
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"

@@ -234,6 +234,7 @@ def test_png_is_drawn_without_pyplot(tmp_path):
 
 
 # --- through the command line ----------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_prints_and_writes_the_reports(tmp_path):
     run_dir = tmp_path / "run"
     trained = run_module("trainer", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)

@@ -74,6 +74,7 @@ def test_report_does_not_import_torch(trained_run, tmp_path):
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_tensorboard_logger_writes_every_epoch_scalar(cli, tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard): logger=tensorboard untestable")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -61,6 +61,7 @@ def resume(run_dir, *extra):
     return result
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, reference):
     run_dir = tmp_path / "run"
     proc = start(run_dir)
@@ -119,6 +120,7 @@ def test_kill_in_the_middle_of_a_checkpoint_write(tmp_path, reference):
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_overrides_that_change_the_run_but_extends_epochs(tmp_path, cli):
     run_dir = tmp_path / "run"
     assert cli("trainer", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}").returncode == 0

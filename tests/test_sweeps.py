@@ -99,17 +99,19 @@ def test_sweep_and_job_pictures_are_pngs(small_sweep):
             assert not curves.exists()
 
 
+@pytest.mark.slow
 def test_experiment_glob_runs_every_recipe(cli, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = cli("trainer", "-m", "experiment=glob(*)", "trainer.max_epochs=1", "trainer.patience=null", f"hydra.sweep.dir={sweep_dir}")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = read_csv(sweep_dir / "sweep_summary.csv")
-    assert sorted(r["experiment"] for r in rows) == ["focal_cosine", "quick", "sgd_step"]
+    assert sorted(r["experiment"] for r in rows) == ["focal_cosine", "imbalanced_digits", "quick", "sgd_step"]
     assert all(r["status"] == "completed" and r["epochs_run"] == "1" for r in rows)
     configs = {r["experiment"]: OmegaConf.load(sweep_dir / r["job"] / ".hydra" / "config.yaml") for r in rows}
     assert configs["sgd_step"].optimizer.name == "sgd" and configs["sgd_step"].scheduler.name == "step"
     assert configs["focal_cosine"].loss.name == "focal" and configs["focal_cosine"].loss.weights == "balanced"
     assert configs["quick"].optimizer.name == "adamw"
+    assert configs["imbalanced_digits"].data.class_fraction == {3: 0.1, 5: 0.1, 8: 0.1}
 
 
 # --- ranking rules, without a sweep --------------------------------------------------------------

@@ -74,7 +74,8 @@ def train(cfg: DictConfig) -> float:
     if cfg.task == "classification":
         from trainer.reports import report_best_checkpoint
 
-        report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main)
+        report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main,
+                               show=HydraConfig.get().mode != RunMode.MULTIRUN)
     return summary["best_value"]
 
 

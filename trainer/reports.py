@@ -137,9 +137,9 @@ def confusion_figure(counts: np.ndarray, class_names: Sequence[str]):
     return figure
 
 
-def report_best_checkpoint(engine, loader, run_dir: str, class_names, is_main: bool = True) -> list:
+def report_best_checkpoint(engine, loader, run_dir: str, class_names, is_main: bool = True, show: bool = True) -> list:
     """At the end of training: the per-class table and confusion matrix of best.ckpt, printed and written
-    to the run directory. Every process predicts (validation is gathered across processes); rank 0 writes."""
+    to the run directory (printed only when `show`: a sweep's jobs would bury its table). Every process predicts (validation is gathered across processes); rank 0 writes."""
     import os
 
     from rich.console import Console
@@ -155,5 +155,6 @@ def report_best_checkpoint(engine, loader, run_dir: str, class_names, is_main: b
     y_true, prob = labels_and_probabilities(*engine.predict(loader))
     if not is_main:
         return []
-    print_reports(Console(), y_true, prob, class_names)
+    if show:
+        print_reports(Console(), y_true, prob, class_names)
     return write_reports(run_dir, y_true, prob, class_names)
