@@ -41,10 +41,10 @@ def heavy_imports(args, cwd):
         "import runpy, sys\n"
         f"sys.argv = {['trainer', *args]!r}\n"
         "try:\n    runpy.run_module('trainer', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+        f"print('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env(), capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    return out.stdout.rsplit("HEAVY:", 1)[1].strip()
 
 
 def peak_rss_mib(args, cwd):

@@ -274,3 +274,22 @@ def test_loaders_decode_at_the_size_their_transform_needs(folder):
     data = folder_data(folder, scale=[0.25, 1.0])
     assert data.train_loader.dataset.decode_size == 32 and data.val_loader.dataset.decode_size == 16
     assert folder_data(folder, augment=False).train_loader.dataset.decode_size == 16
+
+
+def test_mixup_trains_through_the_engine(folder, tmp_path):
+    """The engine mixes each training batch with timm's Mixup and learns from the soft targets."""
+    from conftest import compose_train
+
+    cfg = compose_train("data=image_folder", f"data.root={folder}", "data.mixup=0.8", "data.cutmix=1.0",
+                        "data.batch_size=8", "data.num_workers=0", "data.image_size=16", "trainer.max_epochs=2")
+    build.check_config(cfg)
+    build.normalise_config(cfg)
+    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
+    assert engine.mixup is not None
+    seen = []
+    original = engine.mixup_loss.forward
+    engine.mixup_loss.forward = lambda logits, target: seen.append(target.shape) or original(logits, target)
+    summary = engine.fit(train_loader, val_loader)
+    assert summary["status"] == "completed"
+    assert seen and all(shape == (8, 10) for shape in seen)  # soft targets, one column per class
+    assert "train/accuracy" not in summary["final"] and "val/accuracy" in summary["final"]
