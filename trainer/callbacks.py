@@ -125,21 +125,33 @@ class RichProgress(Callback):
 
 
 class CurvesPlot(Callback):
-    """curves.png redrawn after every epoch, so a run's picture is current while it trains."""
+    """curves.png of every epoch so far (a resumed run's included), kept current while the run trains.
 
-    def __init__(self, path: str):
+    Drawing takes a few hundred milliseconds, as long as a whole epoch of a small run: it is redrawn
+    at most every `interval` seconds, and always when the run ends.
+    """
+
+    def __init__(self, path: str, interval: float = 30.0):
         self.path = path
-        self.rows: List[Dict[str, float]] = []
+        self.interval = interval
+        self.last_drawn = None
         self.broken = False
 
     def on_epoch_end(self, engine, record, improved) -> None:
-        self.rows.append(dict(record))
-        if self.broken:
+        if self.last_drawn is None or time.perf_counter() - self.last_drawn >= self.interval:
+            self._draw(engine)
+
+    def on_fit_end(self, engine, summary) -> None:
+        self._draw(engine)
+
+    def _draw(self, engine) -> None:
+        if self.broken or not engine.history:
             return
         from trainer.plots import draw_curves
 
+        self.last_drawn = time.perf_counter()
         try:
-            draw_curves(self.rows, engine.monitor, self.path, best_epoch=engine.best_epoch)
+            draw_curves([dict(row) for row in engine.history], engine.monitor, self.path, best_epoch=engine.best_epoch)
         except Exception as error:  # a picture is not worth a training run: warn once and go on
             self.broken = True
             log.warning(f"curves.png not drawn ({type(error).__name__}: {error}); redraw later with python -m trainer.report")
