@@ -66,7 +66,38 @@ def join_torchrun(argv: List[str]) -> None:
         argv += ["hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING", "hydra.job_logging.root.handlers=[console]"]
 
 
+def print_help(argv: List[str]) -> bool:
+    """`--help` from the same config and template as Hydra's, without Hydra's listing of the options of
+    every group (its own included), which deep-copies the config repository once per group and takes
+    seconds. Falls back to Hydra's help if the overrides do not compose."""
+    if not {"--help", "-h"} & set(argv[1:]) or {"-m", "--multirun"} & set(argv[1:]):
+        return False
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = [arg for arg in argv[1:] if arg not in ("--help", "-h")]
+    try:
+        with initialize_config_dir(str(conf), version_base=None):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    except Exception:
+        return False
+    groups = "\n".join(
+        f"{folder.name}: {', '.join(sorted(p.stem for p in folder.glob('*.yaml')))}"
+        for folder in sorted(conf.iterdir()) if folder.is_dir() and folder.name != "hydra"
+    )
+    template = cfg.hydra.help.template
+    config = OmegaConf.to_yaml({key: cfg[key] for key in cfg if key != "hydra"}, resolve=False)
+    text = template.replace("${hydra.help.header}", cfg.hydra.help.header).replace("${hydra.help.footer}", cfg.hydra.help.footer)
+    print(text.replace("$APP_CONFIG_GROUPS", groups).replace("$CONFIG", config))
+    return True
+
+
 def prepare(argv: List[str]) -> None:
+    if print_help(argv):
+        raise SystemExit(0)
     redirect_resumed_run(argv)
     join_torchrun(argv)
     problem = output_dir_problem(argv)
