@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> float:
             f"interrupted in epoch {engine.epoch + 1}; checkpoints/last.ckpt holds epoch {engine.epoch}. "
             f"Continue with: python -m trainer resume={run_dir}"
         )
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper decides what an interrupted job means for the sweep
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
