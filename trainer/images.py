@@ -223,7 +223,7 @@ def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", deco
     faster for photos far larger than the model's input."""
     try:
         with Image.open(path) as img:
-            if decode_size and img.format == "JPEG":
+            if decode_size and img.format == "JPEG" and min(img.size) >= 2 * decode_size:
                 img.draft(mode, (decode_size, decode_size))
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")  # PIL's advice for palettes with transparency
