@@ -13,8 +13,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hydra_plugins.trainer_optuna_sweeper import register as register_optuna_sweeper
-from trainer.config import register_configs
 from trainer import command_line
+from trainer.config import register_configs
 from trainer.errors import record_failed_job, reported_as_exit, summary_stamp
 
 register_configs()
@@ -25,8 +25,6 @@ def train(cfg: DictConfig) -> float:
     import logging
     import os
     import signal
-
-    from hydra.core.hydra_config import HydraConfig
 
     from trainer import build
     from trainer.callbacks import run_callbacks
