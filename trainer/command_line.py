@@ -45,10 +45,15 @@ def output_dir_problem(argv: List[str]):
     return None
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun's variables are set (even for one process). Kept here, free of torch, for start-up speed."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def join_torchrun(argv: List[str]) -> None:
     """Under torchrun every rank runs this command: they must share rank 0's run directory, and only
     rank 0 writes Hydra's files and the log file."""
-    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):  # torchrun's variables; torch stays unloaded
+    if not launched_by_torchrun():
         return
     from trainer import distributed
 

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+from trainer.command_line import launched_by_torchrun
+
 
 @dataclass(frozen=True)
 class Place:
@@ -24,10 +26,6 @@ class Place:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def current_place() -> Place:

@@ -35,6 +35,7 @@ def schedule_lrs(cfg: DictConfig, steps_per_epoch: int, model) -> list:
 def preview(cfg: DictConfig) -> list:
     import math
 
+    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -42,9 +43,8 @@ def preview(cfg: DictConfig) -> list:
     from trainer.callbacks import format_value
 
     build.check_config(cfg)
-    device = build.resolve_device("cpu")
     build.seed_everything(cfg.seed)
-    data = build.build_data(cfg, device)
+    data = build.build_data(cfg, torch.device("cpu"))  # the preview trains nothing
     model, _ = build.build_model_and_loss(cfg, data)
     train_loader, _ = build.training_loaders(cfg, data)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.accumulate)
