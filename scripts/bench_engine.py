@@ -1,18 +1,23 @@
 """The Engine against a plain PyTorch loop: same model, same in-memory data, same steps, one process.
 
     python scripts/bench_engine.py                      # tiny CNN on 8x8 and timm resnet18 on 32x32
+    python scripts/bench_engine.py --workload linear    # a linear classifier: nearly all loop, little compute
     python scripts/bench_engine.py --workload resnet50  # resnet50 at 224x224 (for a GPU), bf16 + channels_last
 
-Each repeat runs one epoch of the plain loop (the lecture notes' loop: zero_grad, forward, loss,
-backward, step, then an eval pass under no_grad) and one epoch of Engine.fit (progress bar drawing
-to an off-screen terminal, per-epoch metrics, no checkpoints), interleaved, each from the same
-initial weights. Prints the median images per second of each and their ratio (Engine / plain).
+Each repeat runs `--epochs` epochs of the plain loop (the lecture notes' loop: zero_grad, forward,
+loss, backward, step, then an eval pass under no_grad) and a fit of as many epochs by the Engine
+(progress bar drawing to an off-screen terminal, per-epoch metrics, no checkpoints), back to back,
+each from the same initial weights; the order alternates between repeats. Prints the median images
+per second of each, their ratio (Engine / plain), and a 90% bootstrap interval of that ratio: on a
+shared 2-core machine one run of the same loop varies by 10% or more, so the interval says how far
+the ratio can be trusted.
 """
 
 import argparse
 import contextlib
 import functools
 import io
+import random
 import statistics
 import sys
 import time
@@ -32,6 +37,7 @@ from trainer.optim import Schedule  # noqa: E402
 
 WORKLOADS = {
     # name: (model factory, image size, channels, classes, train images, val images, batch size)
+    "linear": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 8, 1, 10, 16384, 2048, 64),
     "tiny_cnn": (lambda: SmallCNN(1, 10), 8, 1, 10, 4096, 512, 64),
     "resnet18": (lambda: __import__("timm").create_model("resnet18", num_classes=10, in_chans=3), 32, 3, 10, 1024, 256, 64),
     "resnet50": (lambda: __import__("timm").create_model("resnet50", num_classes=1000, in_chans=3), 224, 3, 1000, 2560, 256, 128),
@@ -60,10 +66,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def plain_epoch(model, train, val, device, precision, channels_last):
+def plain_fit(model, train, val, device, precision, channels_last, epochs=1):
     """The lecture notes' loop, with the same device settings the Engine gets."""
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(epochs):
+        accuracy = plain_epoch(model, train, val, device, precision, channels_last, criterion, optimizer)
+    return accuracy
+
+
+def plain_epoch(model, train, val, device, precision, channels_last, criterion, optimizer):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.train()
     for inputs, labels in train:
@@ -88,14 +100,14 @@ def plain_epoch(model, train, val, device, precision, channels_last):
     return correct / total
 
 
-def engine_epoch(model, train, val, device, precision, channels_last, progress_bar=True):
+def engine_fit(model, train, val, device, precision, channels_last, epochs=1, progress_bar=True):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     callbacks = [EpochLog()]
     if progress_bar:
         callbacks.append(RichProgress(Console(file=io.StringIO(), force_terminal=True)))  # drawn, to nowhere
     engine = Engine(
         model, nn.CrossEntropyLoss(), optimizer, Schedule(None), ["accuracy", "f1"], device=device,
-        loop=LoopSettings(max_epochs=1, precision=precision, channels_last=channels_last, monitor="val/accuracy", mode="max"),
+        loop=LoopSettings(max_epochs=epochs, precision=precision, channels_last=channels_last, monitor="val/accuracy", mode="max"),
         callbacks=callbacks,
     )
     return engine.fit(train, val)["final"]["val/accuracy"]
@@ -103,8 +115,9 @@ def engine_epoch(model, train, val, device, precision, channels_last, progress_b
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="default: tiny_cnn and resnet18")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="default: tiny_cnn and resnet18 (repeat the option for several)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per repeat, for both loops")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true", help="run the Engine without its progress bar")
     parser.add_argument("--precision", default=None, choices=["32", "bf16"], help="default: bf16 on CUDA, 32 on CPU")
@@ -125,7 +138,8 @@ def main():
         torch.manual_seed(0)
         initial = factory().state_dict()
         rates = {"plain": [], "engine": []}
-        runners = {"plain": plain_epoch, "engine": functools.partial(engine_epoch, progress_bar=not args.no_progress)}
+        runners = {"plain": functools.partial(plain_fit, epochs=args.epochs),
+                   "engine": functools.partial(engine_fit, epochs=args.epochs, progress_bar=not args.no_progress)}
         for repeat in range(args.repeats + 1):  # the first round warms up (allocator, cudnn autotune)
             for kind in ("plain", "engine") if repeat % 2 == 0 else ("engine", "plain"):
                 model = factory()
@@ -136,10 +150,21 @@ def main():
                 runners[kind](model, train, val, device, precision, channels_last)
                 sync(device)
                 if repeat:
-                    rates[kind].append((n_train + n_val) / (time.perf_counter() - started))
+                    rates[kind].append(args.epochs * (n_train + n_val) / (time.perf_counter() - started))
         plain, engine = statistics.median(rates["plain"]), statistics.median(rates["engine"])
-        print(f"{name:9s} plain {plain:10.1f} img/s   engine {engine:10.1f} img/s   ratio {engine / plain:.3f}   "
-              f"({args.repeats} repeats, {n_train} train + {n_val} val images of {chans}x{size}x{size}, batch {batch})")
+        low, high = bootstrap_interval(rates["engine"], rates["plain"])
+        best = max(rates["engine"]) / max(rates["plain"])
+        print(f"{name:9s} plain {plain:10.1f} img/s   engine {engine:10.1f} img/s   "
+              f"ratio {engine / plain:.3f} (90% interval {low:.3f}-{high:.3f}; fastest runs {best:.3f})   ({args.repeats} repeats "
+              f"of {args.epochs} epochs, {n_train} train + {n_val} val images of {chans}x{size}x{size}, batch {batch})")
+
+
+def bootstrap_interval(engine, plain, rounds=2000, seed=0):
+    """5th and 95th percentiles of median(engine) / median(plain) over resamples of the repeats."""
+    rng = random.Random(seed)
+    ratios = sorted(statistics.median(rng.choices(engine, k=len(engine))) / statistics.median(rng.choices(plain, k=len(plain)))
+                    for _ in range(rounds))
+    return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
 
 
 if __name__ == "__main__":

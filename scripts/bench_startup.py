@@ -2,8 +2,9 @@
 
     python scripts/bench_startup.py
 
-Start-up: `python -m trainer --help` and `--cfg job` must answer without importing torch, timm or
-scikit-learn; each is timed over several runs (median), next to the time of importing those libraries.
+Start-up: `python -m trainer --help`, `--cfg job` and a tab-completion query (`trainer -sc query=bash`,
+as the shell asks it) must answer without importing torch, timm or scikit-learn; each is timed over
+several runs (median), next to the time of importing those libraries.
 Memory: the maximum resident set size (getrusage) of `python -m trainer` on the default digits
 config and of `python -m trainer.evaluate` on its best checkpoint.
 """
@@ -21,29 +22,29 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "timm", "sklearn")
 
 
-def env():
-    e = dict(os.environ, HF_HUB_OFFLINE="1")
+def env(**extra):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", **extra)
     e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH")]))
     return e
 
 
-def median_seconds(args, repeats, cwd):
+def median_seconds(args, repeats, cwd, command=(sys.executable,), **extra_env):
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, *args], cwd=cwd, env=env(), check=True, capture_output=True)
+        subprocess.run([*command, *args], cwd=cwd, env=env(**extra_env), check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
-def heavy_imports(args, cwd):
+def heavy_imports(args, cwd, **extra_env):
     code = (
         "import runpy, sys\n"
         f"sys.argv = {['trainer', *args]!r}\n"
         "try:\n    runpy.run_module('trainer', run_name='__main__')\nexcept SystemExit:\n    pass\n"
         f"print('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env(), capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env(**extra_env), capture_output=True, text=True, check=True)
     return out.stdout.rsplit("HEAVY:", 1)[1].strip()
 
 
@@ -73,6 +74,12 @@ def main():
             seconds = median_seconds(["-m", "trainer", *extra], args.repeats, tmp)
             loaded = heavy_imports(extra, tmp) or "none"
             print(f"python -m trainer {' '.join(extra)}: {seconds:.2f} s (median of {args.repeats}); heavy modules imported: {loaded}")
+        command = Path(sys.executable).with_name("trainer")  # installed by pip install -e .
+        line = "trainer scheduler=cosine scheduler.t_"
+        completion = dict(COMP_LINE=line, COMP_POINT=str(len(line)))
+        seconds = median_seconds(["-sc", "query=bash"], args.repeats, tmp, command=(str(command),), **completion)
+        loaded = heavy_imports(["-sc", "query=bash"], tmp, **completion) or "none"
+        print(f"tab completion ('{line}<TAB>'): {seconds:.2f} s (median of {args.repeats}); heavy modules imported: {loaded}")
         run_dir = Path(tmp) / "run"
         started = time.perf_counter()
         train_mib = peak_rss_mib(["trainer", f"hydra.run.dir={run_dir}", "progress=false"], tmp)

@@ -4,10 +4,11 @@ import pytest
 
 import math
 import sys
+from pathlib import Path
 
 import torch
 
-from conftest import REPO, read_csv, read_json, run_module
+from conftest import read_csv, read_json, run_module
 
 
 def test_training_writes_the_run_directory(trained_run):
@@ -119,10 +120,15 @@ def test_timm_model_by_name(cli, tmp_path):
     assert state["conv1.0.weight"].shape[1] == 1  # one input channel, from the data
 
 
-def test_help_does_not_import_torch(tmp_path):
+@pytest.mark.parametrize("args, comp_line, expected", [
+    (["--help"], None, "loss: ce, f1, focal, huber, l1, label_smoothing, mse"),
+    (["--cfg", "job", "loss=focal"], None, "name: focal"),
+    (["-sc", "query=bash"], "trainer loss=fo", "loss=focal"),  # what tab completion asks
+])
+def test_start_up_answers_do_not_import_torch_timm_or_sklearn(tmp_path, args, comp_line, expected):
     code = (
         "import runpy, sys\n"
-        "sys.argv = ['trainer', '--help']\n"
+        f"sys.argv = {['trainer', *args]!r}\n"
         "try:\n    runpy.run_module('trainer', run_name='__main__')\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'timm', 'sklearn') if m in sys.modules))\n"
     )
@@ -130,9 +136,29 @@ def test_help_does_not_import_torch(tmp_path):
 
     from conftest import cli_env
 
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
-    assert "loss: ce, f1, focal, huber, l1, label_smoothing, mse" in out.stdout
+    env = cli_env()
+    if comp_line is not None:
+        env.update(COMP_LINE=comp_line, COMP_POINT=str(len(comp_line)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert expected in out.stdout, out.stdout + out.stderr
     assert "HEAVY []" in out.stdout
+
+
+def test_the_trainer_command_completes_groups_options_and_keys(tmp_path):
+    """`pip install` puts a `trainer` command beside python; Hydra's bash completion queries it."""
+    import subprocess
+
+    from conftest import cli_env
+
+    command = Path(sys.executable).with_name("trainer")
+    assert command.exists(), "pip install -e . installs the trainer command"
+    for line, expected in (("trainer loss=fo", "loss=focal"), ("trainer sched", "scheduler="),
+                           ("trainer scheduler=cosine scheduler.t_", "scheduler.t_max=")):
+        env = dict(cli_env(), COMP_LINE=line, COMP_POINT=str(len(line)))
+        out = subprocess.run([str(command), "-sc", "query=bash"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert expected in out.stdout.split(), (line, out.stdout, out.stderr)
+    install = subprocess.run([str(command), "-sc", "install=bash"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert "complete -o nospace -o default -F hydra_bash_completion trainer" in install.stdout
 
 
 def test_end_of_training_reports_of_the_best_epoch(trained_run):

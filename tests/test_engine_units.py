@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import trainer.engine as engine_module
-from trainer.engine import LoopSettings, Engine, accumulation_scales, is_better, loader_batch_sizes
+from trainer.batches import loader_batch_sizes
+from trainer.engine import LoopSettings, Engine, accumulation_scales, is_better
 from trainer.optim import Schedule
 
 NUM_FEATURES, NUM_CLASSES = 6, 3

@@ -7,7 +7,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, cli_env, read_csv, read_json
+from conftest import cli_env, read_csv, read_json
 
 optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install optuna): hparams_search=optuna untestable")
 

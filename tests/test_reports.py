@@ -2,7 +2,6 @@
 
 import csv
 import io
-import json
 import warnings
 
 import numpy as np

@@ -122,3 +122,24 @@ def test_curves_of_a_loss_monitored_run_show_accuracy_beside_the_loss(tmp_path):
     with Image.open(path) as image:
         assert image.size == (1300, 360)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_curves_are_drawn_every_interval_and_when_the_run_ends(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from trainer import plots
+    from trainer.callbacks import CurvesPlot
+
+    drawn = []
+    monkeypatch.setattr(plots, "draw_curves", lambda history, monitor, path, best_epoch: drawn.append(len(history)))
+    engine = SimpleNamespace(history=[], monitor="val/loss", best_epoch=None)
+    for interval, expected in ((3600.0, [3]), (0.0, [1, 2, 3, 3])):
+        drawn.clear()
+        curves = CurvesPlot(str(tmp_path / "curves.png"), interval=interval)
+        engine.history = []
+        curves.on_fit_start(engine, 1, 1)
+        for epoch in (1, 2, 3):
+            engine.history.append({"epoch": epoch, "val/loss": 1.0 / epoch})
+            curves.on_epoch_end(engine, engine.history[-1], True)
+        curves.on_fit_end(engine, {})
+        assert drawn == expected, interval  # a short run draws once, at its end

@@ -8,7 +8,7 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import read_csv, read_json, run_module
+from conftest import read_csv, read_json
 from trainer.sweep_summary import JobResult, rank, seed_groups
 
 INVALID_LR = "optimizer.lr=-1.0 is not valid"

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from hydra_plugins.trainer_optuna_sweeper import register as register_optuna_sweeper
 from trainer import command_line
-from trainer.config import register_configs
+from trainer.config import CONF_DIR, register_configs
 from trainer.errors import record_failed_job, reported_as_exit, summary_stamp
 
 register_configs()
@@ -79,7 +79,7 @@ def train(cfg: DictConfig) -> float:
     return summary["best_value"]
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with reported_as_exit():
@@ -95,6 +95,11 @@ def main(cfg: DictConfig) -> float:
         return math.nan
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """`python -m trainer` and the `trainer` command (the one shell completion works with)."""
     command_line.prepare(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    run()

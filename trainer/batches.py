@@ -1,4 +1,5 @@
-"""Loader wrappers for the debugging controls: fewer batches, or the same few batches over and over."""
+"""Batches ahead of time: the sizes a loader will yield, and the loader wrappers of the debugging controls
+(fewer batches, or the same few batches over and over)."""
 
 import math
 from typing import Any, List, Optional
@@ -21,6 +22,19 @@ def batch_count(limit: Any, available: int, key: str) -> int:
     return min(limit, available)
 
 
+def loader_batch_sizes(loader) -> Optional[List[int]]:
+    """Sizes of the batches a loader will yield, when they can be known before iterating."""
+    if hasattr(loader, "batch_sizes"):
+        return loader.batch_sizes()
+    batch_size = getattr(loader, "batch_size", None)
+    sampler = getattr(loader, "sampler", None)
+    if batch_size is None or sampler is None or not hasattr(sampler, "__len__"):
+        return None
+    full, rest = divmod(len(sampler), batch_size)
+    sizes = [batch_size] * full + ([rest] if rest and not loader.drop_last else [])
+    return sizes if len(sizes) == len(loader) else None
+
+
 class LimitedLoader:
     """The first `count` batches of a loader, every epoch."""
 
@@ -37,8 +51,6 @@ class LimitedLoader:
             yield batch
 
     def batch_sizes(self) -> Optional[List[int]]:
-        from trainer.engine import loader_batch_sizes
-
         sizes = loader_batch_sizes(self.loader)
         return None if sizes is None else sizes[: self.count]
 

@@ -16,7 +16,7 @@ from trainer.errors import UserError
 from trainer.losses import LOSSES, REGRESSION_LOSSES
 from trainer.metrics import METRICS, REGRESSION_METRICS, default_mode
 from trainer.models import build_model
-from trainer.optim import INTERVALS, OPTIMIZERS, SCHEDULERS
+from trainer.optim import OPTIMIZERS, SCHEDULERS, check_rates, check_schedule
 from trainer.registry import build
 
 
@@ -63,16 +63,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"checkpoint.save_top_k={cfg.checkpoint.save_top_k} is not valid; use 0 (only best and last) or more")
     if cfg.mode not in (None, "min", "max"):
         raise UserError(f"mode={cfg.mode} is not valid; use min, max, or null (min for losses, max otherwise)")
-    if "lr" in cfg.optimizer and not cfg.optimizer.lr > 0:
-        raise UserError(f"optimizer.lr={cfg.optimizer.lr} is not valid; a learning rate must be > 0")
-    interval = cfg.scheduler.get("interval", "epoch")
-    if interval not in INTERVALS:
-        raise UserError(f"scheduler.interval={interval} is not valid; use one of: {', '.join(INTERVALS)}")
-    warmup = cfg.scheduler.get("warmup_epochs", 0)
-    if not 0 <= warmup < t.max_epochs:
-        raise UserError(
-            f"scheduler.warmup_epochs={warmup} is not valid for a {t.max_epochs}-epoch run; use 0 <= warmup_epochs < trainer.max_epochs"
-        )
+    check_rates(cfg.optimizer.get("lr"), cfg.optimizer.get("weight_decay", 0.0), cfg.optimizer.get("head_lr"))
+    check_schedule(cfg.scheduler.get("interval", "epoch"), cfg.scheduler.get("warmup_epochs", 0), t.max_epochs)
     if cfg.task not in TASKS:
         raise UserError(f"task={cfg.task} is not valid; use one of: {', '.join(TASKS)}")
     losses, metrics = task_registries(cfg.task)
@@ -125,7 +117,8 @@ def configure_torch(deterministic: bool, device: torch.device) -> None:
     torch.backends.cudnn.deterministic = deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic != torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic)  # imports torch._dynamo: 2 s, so only when it changes
 
 
 # Config keys of the image datasets that hold paths, and those that must be given.

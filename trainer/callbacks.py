@@ -127,18 +127,22 @@ class RichProgress(Callback):
 class CurvesPlot(Callback):
     """curves.png of every epoch so far (a resumed run's included), kept current while the run trains.
 
-    Drawing takes a few hundred milliseconds, as long as a whole epoch of a small run: it is redrawn
-    at most every `interval` seconds, and always when the run ends.
+    Drawing takes a few hundred milliseconds (a second with matplotlib's import), as long as a whole
+    epoch of a small run: it is drawn every `interval` seconds, counted from the start, and always
+    when the run ends, so a short run draws it once.
     """
 
     def __init__(self, path: str, interval: float = 30.0):
         self.path = path
         self.interval = interval
-        self.last_drawn = None
+        self.last_drawn = 0.0
         self.broken = False
 
+    def on_fit_start(self, engine, train_batches, val_batches) -> None:
+        self.last_drawn = time.perf_counter()
+
     def on_epoch_end(self, engine, record, improved) -> None:
-        if self.last_drawn is None or time.perf_counter() - self.last_drawn >= self.interval:
+        if time.perf_counter() - self.last_drawn >= self.interval:
             self._draw(engine)
 
     def on_fit_end(self, engine, summary) -> None:

@@ -82,10 +82,12 @@ def print_help(argv: List[str]) -> bool:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    from trainer.config import CONF_DIR
+
+    conf = Path(CONF_DIR)
     overrides = [arg for arg in argv[1:] if arg not in ("--help", "-h")]
     try:
-        with initialize_config_dir(str(conf), version_base=None):
+        with initialize_config_dir(CONF_DIR, version_base=None):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
     except Exception:
         return False

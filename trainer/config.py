@@ -5,11 +5,16 @@ so a misspelt key or a value of the wrong type fails when Hydra composes the con
 heavy import. This module imports neither torch nor any other heavy library: `--help` stays fast.
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+# The YAML config tree. An absolute path: Hydra resolves a relative one against the calling module,
+# which differs between `python -m trainer` and the installed `trainer` command.
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 # --- data -----------------------------------------------------------------------------------

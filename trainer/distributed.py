@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from trainer.command_line import launched_by_torchrun
@@ -114,3 +115,14 @@ def all_reduce_sum(tensor: torch.Tensor, place: Optional[Place]) -> torch.Tensor
         tensor = tensor.clone()
         dist.all_reduce(tensor)
     return tensor
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

@@ -9,9 +9,7 @@ in the order written below.
 """
 
 import contextlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -19,10 +17,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from trainer.checkpoint import rng_state, save_checkpoint, set_rng_state
-from trainer.distributed import Place, all_reduce_sum, gather_in_order
+from trainer.batches import loader_batch_sizes
+from trainer.checkpoint import rng_state, set_rng_state
+from trainer.distributed import Place, all_reduce_sum, gather_in_order, unwrap
 from trainer.errors import UserError
 from trainer.metrics import epoch_metrics, epoch_regression_metrics
+from trainer.run_files import RunFiles
+from trainer.step_totals import StepTotals
 
 
 @dataclass
@@ -64,45 +65,12 @@ def accumulation_scales(batch_sizes: Optional[Sequence[int]], num_batches: int, 
     return scales
 
 
-def loader_batch_sizes(loader) -> Optional[List[int]]:
-    """Sizes of the batches a loader will yield, when they can be known before iterating."""
-    if hasattr(loader, "batch_sizes"):
-        return loader.batch_sizes()
-    batch_size = getattr(loader, "batch_size", None)
-    sampler = getattr(loader, "sampler", None)
-    if batch_size is None or sampler is None or not hasattr(sampler, "__len__"):
-        return None
-    full, rest = divmod(len(sampler), batch_size)
-    sizes = [batch_size] * full + ([rest] if rest and not loader.drop_last else [])
-    return sizes if len(sizes) == len(loader) else None
-
-
 def is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
     if not math.isfinite(value):
         return False
     if best is None:
         return True
     return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def finite_or_none(value: Any) -> Any:
-    """JSON has no NaN or infinity: such values are written as null."""
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 class Engine:
@@ -140,14 +108,15 @@ class Engine:
         self.target_values = None if target_values is None else target_values.to(device)
         if self.mixup is not None and self.target_values is not None:
             raise UserError("mixup/cutmix mix class labels; they cannot be used with task=regression")
-        self.run_dir = run_dir
+        self.files = RunFiles(run_dir, self.loop.save_top_k, self.loop.save_checkpoints)
         self.run_info = dict(run_info or {})
         self.callbacks = list(callbacks)
         self.non_blocking = device.type == "cuda"
         self.memory_format = torch.channels_last if self.loop.channels_last else torch.contiguous_format
         dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.loop.precision]
         self.autocast_dtype = dtype
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.loop.precision == "fp16")
+        self.fp16 = self.loop.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)  # fp16 only: bf16 and 32 need no scaling
         if self.mixup is not None:
             from timm.loss import SoftTargetCrossEntropy
 
@@ -159,7 +128,6 @@ class Engine:
         self.best_epoch: Optional[int] = None
         self.bad_epochs = 0
         self.skipped_steps = 0
-        self.top_k: List[Dict[str, Any]] = []  # {"value", "epoch", "file"} of the kept epoch checkpoints
         self.history: List[Dict[str, float]] = []
         self._train_generator: Optional[torch.Generator] = None  # the training loader's shuffling
         self._resumed_rng: Optional[tuple] = None
@@ -183,8 +151,8 @@ class Engine:
         self._notify("on_fit_start", len(train_loader), len(val_loader))
         status, error = "completed", None
         try:
-            if self.epoch == 0:
-                self._save("last.ckpt")  # an interruption in the first epoch can resume from the start
+            if self.epoch == 0 and self.files.keeps_checkpoints:
+                self.files.save("last.ckpt", self.state_dict())  # an interruption in epoch 1 resumes from the start
             while self.epoch < self.loop.max_epochs:
                 epoch = self.epoch + 1
                 started = time.perf_counter()
@@ -206,7 +174,7 @@ class Engine:
                 self.schedule.after_epoch(monitored)
                 self.epoch = epoch
                 self.history.append(record)
-                self._save_epoch_checkpoints(record, improved)
+                self.files.after_epoch(epoch, self.monitor, monitored, self.loop.mode, improved, self.state_dict)
                 self._notify("on_epoch_end", record, improved)
                 if self.loop.patience is not None and self.bad_epochs >= self.loop.patience:
                     status = "stopped_early"
@@ -219,17 +187,19 @@ class Engine:
             raise
         finally:
             summary = self.summary(status, error)
-            self._write_summary(summary)
+            self.files.write_summary(summary)
             self._notify("on_fit_end", summary)
         return summary
 
     def train_epoch(self, loader, epoch: int = 0) -> Dict[str, float]:
         self.model.train()
-        num_batches = len(loader)
-        scales = accumulation_scales(loader_batch_sizes(loader), num_batches, self.loop.accumulate)
-        step_losses = torch.zeros(num_batches, device=self.device)
-        sizes = []  # host integers: no device work per step
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        num_batches, accumulate = len(loader), self.loop.accumulate
+        scales = accumulation_scales(loader_batch_sizes(loader), num_batches, accumulate)
+        loss_fn = self.mixup_loss if self.mixup is not None else self.loss_fn
+        # Inside an accumulation window DDP need not all-reduce: only the window's last backward does.
+        defer_sync = accumulate > 1 and hasattr(self.model, "no_sync")
+        # No accuracy for mixed targets or for values (regression).
+        steps = StepTotals(count_correct=self.mixup is None and self.target_values is None)
         skip_nonfinite = self.loop.on_nonfinite == "skip"
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader):
@@ -237,41 +207,38 @@ class Engine:
             loss_targets = targets if self.target_values is None else self.target_values[targets]
             if self.mixup is not None:
                 inputs, loss_targets = self.mixup(inputs, targets)
-            closes_window = (i + 1) % self.loop.accumulate == 0 or i == num_batches - 1
-            # Inside an accumulation window DDP need not all-reduce: only the window's last backward does.
-            sync = contextlib.nullcontext() if closes_window or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:
+            closes_window = (i + 1) % accumulate == 0 or i == num_batches - 1
+            with self.model.no_sync() if defer_sync and not closes_window else contextlib.nullcontext():
                 with self._autocast():
                     logits = self.model(inputs)
-                    loss = (self.mixup_loss if self.mixup is not None else self.loss_fn)(logits, loss_targets)
+                    loss = loss_fn(logits, loss_targets)
                 if skip_nonfinite and not torch.isfinite(loss):  # opt-in: one host sync per micro-batch
                     self.skipped_steps += 1
                 else:
-                    self.scaler.scale(loss if scales[i] == 1.0 else loss * scales[i]).backward()
+                    scaled = loss if scales[i] == 1.0 else loss * scales[i]
+                    (self.scaler.scale(scaled) if self.fp16 else scaled).backward()
             if closes_window:
                 self._optimizer_step()
-            step_losses[i] = loss.detach()
-            sizes.append(len(targets))
-            if self.target_values is None:
-                correct += (logits.detach().argmax(dim=1) == targets).sum()
+            steps.add(loss, logits, targets)  # references only: no kernel, no host sync
             self._notify("on_batch_end", "train")
-        finite = torch.isfinite(step_losses)
-        sizes = torch.tensor(sizes, dtype=step_losses.dtype, device=self.device)
+        return self._train_record(steps, epoch, skip_nonfinite)
+
+    def _train_record(self, steps: StepTotals, epoch: int, skip_nonfinite: bool) -> Dict[str, float]:
+        """train/loss (the sample-weighted mean of the finite step losses) and train/accuracy of one epoch."""
+        step_losses = steps.step_losses(self.device)
         # One reduction per epoch: every rank sees the same totals and takes the same decisions.
-        totals = all_reduce_sum(torch.stack([
-            (step_losses * sizes)[finite].sum(), sizes[finite].sum(), sizes.sum(), correct.float(), (~finite).sum().float(),
-        ]), self.place)
-        if not skip_nonfinite and totals[4] > 0:
-            if bool(finite.all()):
+        weighted_loss, finite_samples, samples, correct, non_finite = all_reduce_sum(steps.epoch_totals(step_losses), self.place)
+        if not skip_nonfinite and non_finite > 0:
+            step = steps.first_non_finite(step_losses)
+            if step is None:
                 raise NonFiniteLoss(f"the training loss became non-finite on another process in epoch {epoch}")
-            step = int((~finite).nonzero()[0]) + 1
             raise NonFiniteLoss(
-                f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {step} of {num_batches}; "
+                f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {step} of {len(step_losses)}; "
                 "lower optimizer.lr, set trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
             )
-        record = {"train/loss": (totals[0] / totals[1]).item()}
-        if self.mixup is None and self.target_values is None:  # no accuracy for mixed targets or values
-            record["train/accuracy"] = (totals[3] / totals[2]).item()
+        record = {"train/loss": (weighted_loss / finite_samples).item()}
+        if steps.count_correct:
+            record["train/accuracy"] = (correct / samples).item()
         return record
 
     def _optimizer_step(self) -> None:
@@ -281,8 +248,11 @@ class Engine:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip_norm)
             if self.loop.grad_clip_value is not None:
                 torch.nn.utils.clip_grad_value_(self.model.parameters(), self.loop.grad_clip_value)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.fp16:
+            self.scaler.step(self.optimizer)  # skipped if the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         if self.ema is not None:
@@ -343,7 +313,7 @@ class Engine:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "skipped_steps": self.skipped_steps,
-            "top_k": self.top_k,
+            "top_k": self.files.top_k,
             "history": self.history,
             "rng": rng_state(),
             "loader_rng": None if self._train_generator is None else self._train_generator.get_state(),
@@ -358,8 +328,9 @@ class Engine:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
-        for key in ("epoch", "optimizer_steps", "best_value", "best_epoch", "bad_epochs", "skipped_steps", "top_k", "history"):
+        for key in ("epoch", "optimizer_steps", "best_value", "best_epoch", "bad_epochs", "skipped_steps", "history"):
             setattr(self, key, state[key])
+        self.files.top_k = state["top_k"]
         self._resumed_rng = (state["rng"], state.get("loader_rng"))
 
     def summary(self, status: str, error: Optional[str] = None) -> Dict[str, Any]:
@@ -381,42 +352,6 @@ class Engine:
         if error is not None:
             summary["error"] = error
         return summary
-
-    def _save(self, name: str, state: Optional[Dict[str, Any]] = None) -> None:
-        if self.run_dir is not None and self.loop.save_checkpoints:
-            save_checkpoint(state or self.state_dict(), os.path.join(self.run_dir, "checkpoints", name))
-
-    def _save_epoch_checkpoints(self, record: Dict[str, float], improved: bool) -> None:
-        if self.run_dir is None or not self.loop.save_checkpoints:
-            return
-        value = record[self.loop.monitor]
-        new_file, evicted = None, []
-        if self.loop.save_top_k > 0 and math.isfinite(value):
-            name = f"epoch-{self.epoch:03d}_{self.loop.monitor.replace('/', '_')}-{value:.4f}.ckpt"
-            ranked = sorted(self.top_k + [{"value": value, "epoch": self.epoch, "file": name}],
-                            key=lambda entry: entry["value"], reverse=self.loop.mode == "max")
-            self.top_k, evicted = ranked[: self.loop.save_top_k], ranked[self.loop.save_top_k:]
-            new_file = name if any(entry["file"] == name for entry in self.top_k) else None
-        state = self.state_dict()  # after the bookkeeping above, so the files agree with it
-        if new_file is not None:
-            self._save(new_file, state)
-        for entry in evicted:
-            path = os.path.join(self.run_dir, "checkpoints", entry["file"])
-            if os.path.exists(path):
-                os.unlink(path)
-        if improved:
-            self._save("best.ckpt", state)
-        self._save("last.ckpt", state)
-
-    def _write_summary(self, summary: Dict[str, Any]) -> None:
-        if self.run_dir is None:
-            return
-        os.makedirs(self.run_dir, exist_ok=True)
-        path = os.path.join(self.run_dir, "summary.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(finite_or_none(summary), f, indent=2)
-        os.replace(tmp, path)
 
     def _notify(self, event: str, *args) -> None:
         for callback in self.callbacks:

@@ -9,7 +9,7 @@ writes beside the checkpoint `<stem>.metrics.json`, `<stem>.per_class.csv|json` 
 import hydra
 from omegaconf import DictConfig
 
-from trainer.config import register_configs
+from trainer.config import CONF_DIR, register_configs
 from trainer.errors import reported_as_exit
 
 register_configs()
@@ -19,7 +19,6 @@ REQUIRED_KEYS = ("model", "config", "class_names", "epoch")
 
 def evaluate(cfg: DictConfig) -> dict:
     import copy
-    import json
     import os
     import types
 
@@ -30,10 +29,11 @@ def evaluate(cfg: DictConfig) -> dict:
     from trainer import build
     from trainer.callbacks import format_value
     from trainer.checkpoint import load_model_state, read_checkpoint
-    from trainer.engine import Engine, LoopSettings, finite_or_none
+    from trainer.engine import Engine, LoopSettings
     from trainer.errors import UserError
     from trainer.metrics import labels_and_probabilities
     from trainer.reports import print_reports, write_reports
+    from trainer.run_files import write_json
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError("ckpt_path is required: python -m trainer.evaluate ckpt_path=<run dir>/checkpoints/best.ckpt")
@@ -86,8 +86,7 @@ def evaluate(cfg: DictConfig) -> dict:
     stem = os.path.splitext(path)[0]
     output = cfg.output or stem + ".metrics.json"
     result = {"checkpoint": os.path.abspath(path), "epoch": ckpt["epoch"], "metrics": metrics}
-    with open(output, "w") as f:
-        json.dump(finite_or_none(result), f, indent=2)
+    write_json(result, output)
     directory, name = os.path.split(stem)
     reports = write_reports(directory, y_true, prob, data.class_names, prefix=name + ".") if classification else []
     for written in [output, *reports]:
@@ -95,7 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
     with reported_as_exit():
         evaluate(cfg)

@@ -8,7 +8,7 @@ depends on the monitored metric: the preview assumes it never improves after the
 import hydra
 from omegaconf import DictConfig
 
-from trainer.config import register_configs
+from trainer.config import CONF_DIR, register_configs
 from trainer.errors import reported_as_exit
 
 register_configs()
@@ -85,7 +85,7 @@ def preview(cfg: DictConfig) -> list:
     return rows
 
 
-@hydra.main(config_path="../conf", config_name="lr_preview", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="lr_preview", version_base=None)
 def main(cfg: DictConfig) -> None:
     with reported_as_exit():
         preview(cfg)

@@ -31,7 +31,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, decay_norm_an
     return [{"params": params, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), params in groups.items()]
 
 
-def _check(lr: float, weight_decay: float, head_lr: Optional[float]) -> None:
+def check_rates(lr: Optional[float], weight_decay: float, head_lr: Optional[float]) -> None:
+    """Learning rates > 0 and weight decay >= 0 (also checked before any data is loaded)."""
     for key, value in (("lr", lr), ("head_lr", head_lr)):
         if value is not None and not value > 0:
             raise UserError(f"optimizer.{key}={value} is not valid; a learning rate must be > 0")
@@ -41,7 +42,7 @@ def _check(lr: float, weight_decay: float, head_lr: Optional[float]) -> None:
 
 @OPTIMIZERS.register("sgd")
 def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
-    _check(lr, weight_decay, head_lr)
+    check_rates(lr, weight_decay, head_lr)
     if nesterov and momentum <= 0:
         raise UserError("optimizer.nesterov=true needs optimizer.momentum > 0")
     groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
@@ -50,21 +51,21 @@ def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0, decay_norm_and_bias=F
 
 @OPTIMIZERS.register("adamw")
 def adamw(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay_norm_and_bias=False, head_lr=None, *, model):
-    _check(lr, weight_decay, head_lr)
+    check_rates(lr, weight_decay, head_lr)
     groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 @OPTIMIZERS.register("adam")
 def adam(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
-    _check(lr, weight_decay, head_lr)
+    check_rates(lr, weight_decay, head_lr)
     groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(lr, alpha=0.99, momentum=0.0, eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
-    _check(lr, weight_decay, head_lr)
+    check_rates(lr, weight_decay, head_lr)
     groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, momentum=momentum, eps=eps)
 
@@ -121,19 +122,24 @@ class Schedule:
 INTERVALS = ("epoch", "step")
 
 
+def check_schedule(interval: str, warmup_epochs: int, max_epochs: int) -> None:
+    """The settings every scheduler shares (also checked before any data is loaded)."""
+    if interval not in INTERVALS:
+        raise UserError(f"scheduler.interval={interval} is not valid; use one of: {', '.join(INTERVALS)}")
+    if not 0 <= warmup_epochs < max_epochs:
+        raise UserError(
+            f"scheduler.warmup_epochs={warmup_epochs} is not valid for a {max_epochs}-epoch run; "
+            "use 0 <= warmup_epochs < trainer.max_epochs"
+        )
+
+
 def make_schedule(main_factory, *, optimizer, interval: str, warmup_epochs: int, warmup_start_factor: float,
                   max_epochs: int, steps_per_epoch: int) -> Schedule:
     """Build warmup first (it lowers the learning rate at once), then the main scheduler over the rest of the run.
 
     `main_factory(units_per_epoch, total_units)` builds the main scheduler in the schedule's units.
     """
-    if interval not in INTERVALS:
-        raise UserError(f"scheduler.interval={interval} is not valid; use epoch or step")
-    if warmup_epochs < 0 or warmup_epochs >= max_epochs:
-        raise UserError(
-            f"scheduler.warmup_epochs={warmup_epochs} is not valid for a {max_epochs}-epoch run; "
-            f"use 0 <= warmup_epochs < trainer.max_epochs"
-        )
+    check_schedule(interval, warmup_epochs, max_epochs)
     per_epoch = steps_per_epoch if interval == "step" else 1
     warmup_units = warmup_epochs * per_epoch
     warmup = None

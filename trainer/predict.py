@@ -8,7 +8,7 @@ names and weights). `tta=flip` averages the probabilities of each image and its 
 import hydra
 from omegaconf import DictConfig
 
-from trainer.config import register_configs
+from trainer.config import CONF_DIR, register_configs
 from trainer.errors import reported_as_exit
 
 register_configs()
@@ -183,7 +183,7 @@ def write_predictions(path: str, path_header: str, names, prob, class_names) -> 
         raise
 
 
-@hydra.main(config_path="../conf", config_name="predict", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="predict", version_base=None)
 def main(cfg: DictConfig) -> None:
     with reported_as_exit():
         predict(cfg)

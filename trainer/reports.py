@@ -145,7 +145,7 @@ def report_best_checkpoint(engine, loader, run_dir: str, class_names, is_main: b
     from rich.console import Console
 
     from trainer.checkpoint import read_checkpoint
-    from trainer.engine import unwrap
+    from trainer.distributed import unwrap
     from trainer.metrics import labels_and_probabilities
 
     best = os.path.join(run_dir, "checkpoints", "best.ckpt")

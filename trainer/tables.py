@@ -3,7 +3,7 @@
 import math
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from rich.console import Console
 from rich.table import Table
