@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> float:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if cfg.task == "classification":
-        from trainer.reports import report_best_checkpoint
+        from trainer.class_reports import report_best_checkpoint
 
         report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main,
                                show=HydraConfig.get().mode != RunMode.MULTIRUN)

@@ -32,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from trainer.engine import Engine, LoopSettings
     from trainer.errors import UserError
     from trainer.metrics import labels_and_probabilities
-    from trainer.reports import print_reports, write_reports
+    from trainer.class_reports import print_reports, write_reports
     from trainer.run_files import write_json
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):

@@ -3,7 +3,7 @@
     curves.png   loss, the monitored metric (train and val where both exist) and the learning rate per epoch
     sweep.png    each job's best monitored value, best first (or the mean and std over seeds)
 
-The confusion matrix picture is not drawn here: trainer/reports.py (another branch) owns it.
+The confusion matrix picture is not drawn here: trainer/class_reports.py draws it.
 matplotlib is imported inside the functions: importing this module costs nothing. Files are
 written to a temporary name and renamed, so a viewer never reads half a picture.
 """
