@@ -129,7 +129,10 @@ def test_resume_refuses_overrides_that_change_the_run_but_extends_epochs(tmp_pat
     refused = cli("trainer", f"resume={run_dir}", "optimizer.lr=0.1")
     assert refused.returncode == 2 and "optimizer.lr=0.1" in refused.stderr
     resume(run_dir, "trainer.max_epochs=2")
-    assert [int(r["epoch"]) for r in read_csv(run_dir / "metrics.csv")] == [1, 2]
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    # The default cosine, planned for 1 epoch, is re-planned for 2: half the rate in epoch 2 (not its end value, 0).
+    assert float(rows[1]["lr"]) == pytest.approx(float(rows[0]["lr"]) / 2)
     assert read_json(run_dir / "summary.json")["epochs_run"] == 2
     missing = cli("trainer", f"resume={tmp_path / 'nowhere'}")
     assert missing.returncode == 2 and "nowhere" in missing.stderr

@@ -30,6 +30,53 @@ def test_cosine_spans_the_run_after_a_linear_warmup():
         assert epochs[e - 1] == pytest.approx(LR * (1 + math.cos(math.pi * (e - 3) / 8)) / 2, rel=1e-6)
 
 
+def schedule_run(cfg, steps_per_epoch, epochs, start=None):
+    """Learning rate at each optimizer step of `epochs` epochs, optionally continuing from saved states."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    optimizer, schedule = build.build_optimization(cfg, model, steps_per_epoch)
+    if start is not None:
+        optimizer.load_state_dict(start[0])
+        schedule.load_state_dict(start[1])
+    lrs = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for _ in range(epochs):
+            for _ in range(steps_per_epoch):
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                schedule.after_optimizer_step()
+            schedule.after_epoch(0.0)
+    return lrs, (optimizer.state_dict(), schedule.state_dict())
+
+
+@pytest.mark.parametrize("scheduler, extra", [
+    ("cosine", []), ("cosine", ["scheduler.interval=step"]), ("cosine", ["scheduler.warmup_epochs=2"]),
+    ("onecycle", []), ("onecycle", ["scheduler.interval=epoch"]),
+])
+@pytest.mark.parametrize("done", [1, 3, 6])  # within the warmup, mid-run, at the end of the first plan
+def test_more_epochs_on_resume_replan_a_run_length_schedule(scheduler, extra, done):
+    """A run planned for 6 epochs, resumed after `done` epochs with 10: from there on its rates are those
+    of a run planned for 10 epochs from the start (cosine does not rise again; onecycle does not fail)."""
+    steps = 3
+    first = compose_train(f"scheduler={scheduler}", "trainer.max_epochs=6", *extra)
+    longer = compose_train(f"scheduler={scheduler}", "trainer.max_epochs=10", *extra)
+    _, saved = schedule_run(first, steps, done)
+    resumed, _ = schedule_run(longer, steps, 10 - done, start=saved)
+    fresh, _ = schedule_run(longer, steps, 10)
+    assert resumed == pytest.approx(fresh[done * steps:], rel=1e-6)
+
+
+def test_more_epochs_keep_a_schedule_that_does_not_depend_on_the_run_length():
+    cfg = compose_train("scheduler=cosine", "scheduler.t_max=4", "trainer.max_epochs=6")
+    _, saved = schedule_run(cfg, 2, 3)
+    resumed, _ = schedule_run(compose_train("scheduler=cosine", "scheduler.t_max=4", "trainer.max_epochs=9"), 2, 6, start=saved)
+    unbroken, _ = schedule_run(compose_train("scheduler=cosine", "scheduler.t_max=4", "trainer.max_epochs=9"), 2, 9)
+    assert resumed == pytest.approx(unbroken[6:], rel=1e-6)  # t_max=4 is the user's period, whatever the run's length
+
+
 def test_step_interval_converts_epochs_to_optimizer_steps():
     _, steps = epoch_lrs("scheduler=cosine", "scheduler.interval=step", "trainer.max_epochs=3", steps_per_epoch=5)
     assert len(steps) == 15

@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules over torch.optim, as registry options."""
 
-from typing import Any, Dict, List, Optional
+import math
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -77,13 +78,20 @@ class Schedule:
     `interval: step` they are converted to optimizer steps. During warmup a LinearLR ramps the learning
     rate up to its configured value; then the main scheduler takes over. ReduceLROnPlateau gets the
     monitored value after each epoch.
+
+    A schedule planned over the whole run (cosine without t_max, onecycle) has `replan`: when a resumed
+    run is given more epochs, the schedule continues as if it had been planned for the new length from
+    the start, instead of running past its end (cosine would rise again, onecycle would fail).
     """
 
-    def __init__(self, main: Optional[Any] = None, interval: str = "epoch", warmup: Optional[Any] = None, warmup_units: int = 0):
+    def __init__(self, main: Optional[Any] = None, interval: str = "epoch", warmup: Optional[Any] = None,
+                 warmup_units: int = 0, main_units: Optional[int] = None, replan: Optional[Callable[[int], Any]] = None):
         self.main = main
         self.interval = interval
         self.warmup = warmup
         self.warmup_units = warmup_units
+        self.main_units = main_units  # the main scheduler's length in units (for the run's max_epochs)
+        self.replan = replan  # last_epoch -> the main scheduler over main_units, positioned after that many units
         self.units_done = 0
         self.needs_metric = isinstance(main, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
@@ -107,16 +115,25 @@ class Schedule:
     def state_dict(self) -> Dict[str, Any]:
         return {
             "units_done": self.units_done,
+            "main_units": self.main_units,
             "main": None if self.main is None else self.main.state_dict(),
             "warmup": None if self.warmup is None else self.warmup.state_dict(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue a stored schedule; call after the optimizer's own state is loaded."""
         self.units_done = state["units_done"]
-        if self.main is not None:
-            self.main.load_state_dict(state["main"])
         if self.warmup is not None:
             self.warmup.load_state_dict(state["warmup"])
+        if self.main is None:
+            return
+        planned = state.get("main_units")
+        if self.replan is not None and planned is not None and planned != self.main_units:
+            main_done = self.units_done - self.warmup_units
+            if main_done > 0:  # in closed form at the new length (before that, the fresh one is right)
+                self.main = self.replan(main_done - 1)
+        else:
+            self.main.load_state_dict(state["main"])
 
 
 INTERVALS = ("epoch", "step")
@@ -134,10 +151,12 @@ def check_schedule(interval: str, warmup_epochs: int, max_epochs: int) -> None:
 
 
 def make_schedule(main_factory, *, optimizer, interval: str, warmup_epochs: int, warmup_start_factor: float,
-                  max_epochs: int, steps_per_epoch: int) -> Schedule:
+                  max_epochs: int, steps_per_epoch: int, run_length_bound: bool = False) -> Schedule:
     """Build warmup first (it lowers the learning rate at once), then the main scheduler over the rest of the run.
 
-    `main_factory(units_per_epoch, total_units)` builds the main scheduler in the schedule's units.
+    `main_factory(units_per_epoch, total_units, last_epoch=-1)` builds the main scheduler in the
+    schedule's units. `run_length_bound`: its shape depends on the run's length, so a resumed run with
+    more epochs re-plans it (`main_factory` must then honour `last_epoch`, as torch's schedulers do).
     """
     check_schedule(interval, warmup_epochs, max_epochs)
     per_epoch = steps_per_epoch if interval == "step" else 1
@@ -145,8 +164,10 @@ def make_schedule(main_factory, *, optimizer, interval: str, warmup_epochs: int,
     warmup = None
     if warmup_units:
         warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup_units)
-    main = main_factory(per_epoch, max_epochs * per_epoch - warmup_units)
-    return Schedule(main, interval, warmup, warmup_units)
+    main_units = max_epochs * per_epoch - warmup_units
+    main = main_factory(per_epoch, main_units)
+    replan = (lambda last_epoch: main_factory(per_epoch, main_units, last_epoch)) if run_length_bound else None
+    return Schedule(main, interval, warmup, warmup_units, main_units, replan)
 
 
 def _common(interval="epoch", warmup_epochs=0, warmup_start_factor=0.01):
@@ -199,11 +220,18 @@ def exponential(gamma=0.95, interval="epoch", warmup_epochs=0, warmup_start_fact
 def cosine(t_max=None, eta_min=0.0, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
     if t_max is not None and t_max < 1:
         raise UserError(f"scheduler.t_max={t_max} is not valid; use an integer >= 1 (epochs) or null (the rest of the run)")
+
+    def cosine_over(per_epoch, units, last_epoch=-1):
+        period = units if t_max is None else t_max * per_epoch
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=period, eta_min=eta_min, last_epoch=last_epoch)
+        if last_epoch >= 0:  # torch steps a cosine from the current rate: put the rate on the new curve first
+            for group in optimizer.param_groups:
+                group["lr"] = eta_min + (group["initial_lr"] - eta_min) * (1 + math.cos(math.pi * scheduler.last_epoch / period)) / 2
+        return scheduler
+
     return make_schedule(
-        lambda per_epoch, units: torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=units if t_max is None else t_max * per_epoch, eta_min=eta_min),
-        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
-        **_common(interval, warmup_epochs, warmup_start_factor),
+        cosine_over, optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        run_length_bound=t_max is None, **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
@@ -231,9 +259,9 @@ def onecycle(pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal_strate
         raise UserError(f"scheduler.anneal_strategy={anneal_strategy} is not valid; use cos or linear")
     max_lrs = [group["lr"] for group in optimizer.param_groups]
     return make_schedule(
-        lambda per_epoch, units: torch.optim.lr_scheduler.OneCycleLR(
+        lambda per_epoch, units, last_epoch=-1: torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=max_lrs, total_steps=units, pct_start=pct_start, div_factor=div_factor,
-            final_div_factor=final_div_factor, anneal_strategy=anneal_strategy),
-        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+            final_div_factor=final_div_factor, anneal_strategy=anneal_strategy, last_epoch=last_epoch),
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, run_length_bound=True,
         **_common(interval, warmup_epochs, warmup_start_factor),
     )
