@@ -63,7 +63,6 @@ def record_failed_job(run_dir: str, error: Exception, earlier_stamp, *, monitor:
         summary = {"status": "failed", "monitor": monitor, "mode": mode, "best_epoch": None, "best_value": None,
                    "epochs_run": 0, "final": {}}
     summary.update(status="failed", error=message)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
+    from trainer.run_files import write_json
+
+    write_json(summary, path)

@@ -29,10 +29,10 @@ def evaluate(cfg: DictConfig) -> dict:
     from trainer import build
     from trainer.callbacks import format_value
     from trainer.checkpoint import load_model_state, read_checkpoint
+    from trainer.class_reports import print_reports, write_reports
     from trainer.engine import Engine, LoopSettings
     from trainer.errors import UserError
     from trainer.metrics import labels_and_probabilities
-    from trainer.class_reports import print_reports, write_reports
     from trainer.run_files import write_json
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):

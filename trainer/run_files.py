@@ -3,14 +3,14 @@ checkpoints, and summary.json.
 
 The Engine decides (is this epoch the best? is the run over?); this module only writes what it was
 told, each file atomically, so a crash at any moment leaves the previous version or the new one.
+It does not import torch until a checkpoint is saved, so a sweep job that fails before training can
+record its summary.json cheaply (`errors.record_failed_job`).
 """
 
 import json
 import math
 import os
 from typing import Any, Callable, Dict, List, Optional
-
-from trainer.checkpoint import save_checkpoint
 
 
 def finite_or_none(value: Any) -> Any:
@@ -49,6 +49,8 @@ class RunFiles:
 
     def save(self, name: str, state: Dict[str, Any]) -> None:
         if self.keeps_checkpoints:
+            from trainer.checkpoint import save_checkpoint  # torch
+
             save_checkpoint(state, self.checkpoint_path(name))
 
     def after_epoch(self, epoch: int, monitor: str, value: float, mode: str, improved: bool,
