@@ -32,13 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.callbacks import EpochLog, RichProgress  # noqa: E402
 from trainer.engine import Engine, LoopSettings  # noqa: E402
-from trainer.models import SmallCNN  # noqa: E402
+from trainer.models import build_model  # noqa: E402
 from trainer.optim import Schedule  # noqa: E402
+from trainer.registry import schema_defaults  # noqa: E402
 
 WORKLOADS = {
     # name: (model factory, image size, channels, classes, train images, val images, batch size)
     "linear": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 8, 1, 10, 16384, 2048, 64),
-    "tiny_cnn": (lambda: SmallCNN(1, 10), 8, 1, 10, 4096, 512, 64),
+    "tiny_cnn": (lambda: build_model(schema_defaults("model", "cnn"), 1, 10), 8, 1, 10, 4096, 512, 64),
     "resnet18": (lambda: __import__("timm").create_model("resnet18", num_classes=10, in_chans=3), 32, 3, 10, 1024, 256, 64),
     "resnet50": (lambda: __import__("timm").create_model("resnet50", num_classes=1000, in_chans=3), 224, 3, 1000, 2560, 256, 128),
 }

@@ -22,16 +22,16 @@ def assert_refused(result, *phrases):
         (["trainer.max_epochs=0"], ["trainer.max_epochs=0 is not valid"]),
         (["monitor=val/roc_auc"], ["monitor=val/roc_auc is not produced", "val/f1"]),
         (["mode=up"], ["mode=up is not valid", "min, max"]),
-        (["loss.gama=1"], ["loss.gama"]),
+        (["loss.gama=1"], ["loss.gama is not a config key", "did you mean loss.gamma"]),
         (["loss.name=nope"], ["unknown loss 'nope'", "ce, f1, focal, label_smoothing"]),
         (["metric.names=[accuracy,nope]"], ["unknown metric 'nope'", "roc_auc"]),
         (["optimizer.lr=-1"], ["optimizer.lr=-1.0 is not valid"]),
         (["model=timm", "model.name=resnet1800"], ["unknown model 'resnet1800'", "did you mean"]),
         (["model.weights=/no/such/file.pth"], ["/no/such/file.pth", "does not exist"]),
         # configs pick registered builders by name; no key can name something to import and call
-        (["loss._target_=os.system"], ["Key '_target_' not in 'CrossEntropyLoss'"]),
-        (["+loss._target_=os.system"], ["loss 'ce' does not take _target_"]),
-        (["+optimizer._target_=os.system"], ["optimizer 'adamw' does not take _target_"]),
+        (["loss._target_=os.system"], ["loss._target_ is not a config key", "the keys under loss are"]),
+        (["+loss._target_=os.system"], ["loss._target_ is not a config key", "+ and ++ cannot add keys"]),
+        (["+optimizer._target_=os.system"], ["optimizer._target_ is not a config key"]),
     ],
 )
 def test_bad_configuration_is_refused(cli, tmp_path, args, phrases):
@@ -43,11 +43,6 @@ def test_bad_configuration_is_refused(cli, tmp_path, args, phrases):
 def test_unwritable_output_directory(cli):
     result = cli("trainer", "hydra.run.dir=/proc/no/such/dir")
     assert_refused(result, "hydra.run.dir=/proc/no/such/dir cannot be created", "writable directory")
-
-
-def test_fp16_needs_a_gpu(cli, tmp_path):
-    assert_refused(cli("trainer", "trainer.precision=fp16", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"),
-                   "trainer.precision=fp16 needs a CUDA GPU")
 
 
 def test_pretrained_weights_offline_name_the_alternative(cli, tmp_path):

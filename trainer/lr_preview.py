@@ -3,11 +3,20 @@
 The data is read once (for the number of optimizer steps per epoch) and the model is built (for its
 parameter groups); then the schedule is stepped exactly as the Engine steps it. ReduceLROnPlateau
 depends on the monitored metric: the preview assumes it never improves after the first epoch.
+
+Like a run, the preview writes into a directory of its own, outputs/lr_preview/<date>/<time>/
+(lr_schedule.png and .hydra/), never into the current directory; `output=<path>` puts the PNG there
+and writes nothing else.
 """
 
+import os
+import sys
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from trainer import command_line
 from trainer.config import CONF_DIR, register_configs
 from trainer.errors import reported_as_exit
 
@@ -79,9 +88,10 @@ def preview(cfg: DictConfig) -> list:
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(cfg.output)
+    path = cfg.output or os.path.join(HydraConfig.get().runtime.output_dir, "lr_schedule.png")
+    fig.savefig(path)
     plt.close(fig)
-    print(f"written: {cfg.output}")
+    print(f"written: {path}")
     return rows
 
 
@@ -91,5 +101,15 @@ def main(cfg: DictConfig) -> None:
         preview(cfg)
 
 
+def prepare(argv: list) -> None:
+    """The train command's key check (plus `output`); an explicit output=<path> is the only file written."""
+    command_line.refuse(command_line.unknown_keys_problem(argv, CONF_DIR, extra_top_level=["output"]))
+    output = command_line.value_of(argv, "output")
+    if output not in (None, "null") and command_line.value_of(argv, "hydra.run.dir") is None:
+        argv += [f"hydra.run.dir={os.path.dirname(os.path.abspath(output))}", "hydra.output_subdir=null"]
+    command_line.refuse(command_line.output_dir_problem(argv))
+
+
 if __name__ == "__main__":
+    prepare(sys.argv)
     main()

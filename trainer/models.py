@@ -1,11 +1,14 @@
 """Models: a small built-in CNN, and any timm model by name.
 
 The number of input channels and classes always comes from the data, never from the model config.
+Builders take every option from the config: the defaults are stated once, in trainer/config.py.
 """
 
 import difflib
 import functools
+import logging
 import os
+import threading
 
 import torch
 from torch import nn
@@ -14,6 +17,19 @@ from trainer.errors import UserError
 from trainer.registry import Registry, call_builder
 
 MODELS = Registry("model")
+HUB_PROBE_SECONDS = 3.0
+
+
+class _NoCudaHomeNotice(logging.Filter):
+    """torch.compile on a CPU imports torch.utils.cpp_extension, which warns "No CUDA runtime is found,
+    using CUDA_HOME=..." when nvcc is on PATH but no GPU is usable. CUDA_HOME only matters for building
+    CUDA extensions, which a CPU run never does; this one record is dropped, every other one kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaHomeNotice())
 
 
 class SmallCNN(nn.Module):
@@ -25,7 +41,7 @@ class SmallCNN(nn.Module):
         "none": lambda channels: nn.Identity(),
     }
 
-    def __init__(self, in_chans: int, num_classes: int, width: int = 32, dropout: float = 0.1, norm: str = "batch"):
+    def __init__(self, in_chans: int, num_classes: int, width: int, dropout: float, norm: str):
         super().__init__()
         if norm not in self.NORMS:
             raise UserError(f"model.norm={norm} is not valid; use one of: {', '.join(self.NORMS)}")
@@ -52,7 +68,7 @@ class SmallCNN(nn.Module):
 
 
 @MODELS.register("cnn")
-def small_cnn(width: int = 32, dropout: float = 0.1, norm: str = "batch", weights=None, *, in_chans: int, num_classes: int) -> nn.Module:
+def small_cnn(width: int, dropout: float, norm: str, weights, *, in_chans: int, num_classes: int) -> nn.Module:
     if width < 1 or not 0 <= dropout < 1:
         raise UserError(f"model.width={width}, model.dropout={dropout}: width must be >= 1 and 0 <= dropout < 1")
     model = SmallCNN(in_chans, num_classes, width, dropout, norm)
@@ -71,7 +87,7 @@ def load_weights(model: nn.Module, path: str) -> None:
     load_model_state(model, state, path)
 
 
-def timm_model(name: str, pretrained: bool = False, weights=None, drop_rate: float = 0.0, *, in_chans: int, num_classes: int):
+def timm_model(name: str, pretrained: bool, weights, drop_rate: float, *, in_chans: int, num_classes: int):
     import timm
 
     if not timm.is_model(name):
@@ -86,16 +102,69 @@ def timm_model(name: str, pretrained: bool = False, weights=None, drop_rate: flo
         # timm adapts the file's stem to in_chans and drops a classifier of another class count.
         return _create(timm, name, dict(kwargs, pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(weights))), weights)
     if pretrained:
-        return _create(timm, name, dict(kwargs, pretrained=True), None)
+        return _create_pretrained(timm, name, kwargs)
     return timm.create_model(name, **kwargs)
 
 
-def _create(timm, name: str, kwargs: dict, weights):
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS):
+    """Why the Hugging Face hub (HF_ENDPOINT, or the HTTPS proxy in between) cannot be reached, or None.
+
+    One TCP connection, abandoned after `timeout` seconds even while the name is still being resolved.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy if proxy and endpoint.scheme == "https" else endpoint.geturl())
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    outcome = {}
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["ok"] = True
+        except OSError as err:
+            outcome["error"] = err.strerror or str(err) or type(err).__name__
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    if outcome.get("ok"):
+        return None
+    return f"{host}:{port} cannot be reached ({outcome.get('error', f'no answer in {timeout:.0f} s')})"
+
+
+def _create_pretrained(timm, name: str, kwargs: dict):
+    """Pretrained weights come from the hub or timm's cache. Offline, huggingface_hub retries each file
+    for a minute; so the hub is probed first, and when it cannot be reached the weights are looked up
+    in the cache only (offline mode, as HF_HUB_OFFLINE=1 asks), which fails at once when they are not there."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return _create(timm, name, dict(kwargs, pretrained=True), None, offline="HF_HUB_OFFLINE is set")
+    reason = hub_unreachable()
+    if reason is None:
+        return _create(timm, name, dict(kwargs, pretrained=True), None)
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True  # read by huggingface_hub at each request (constants.is_offline_mode)
+    try:
+        return _create(timm, name, dict(kwargs, pretrained=True), None, offline=reason)
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def _create(timm, name: str, kwargs: dict, weights, offline: str = ""):
     try:
         return timm.create_model(name, **kwargs)
     except Exception as err:  # timm raises many kinds here: network, hub, unpickling, shape errors
         if weights is not None:
             raise UserError(f"could not load model.weights={weights} into timm model '{name}': {err}") from err
+        if offline:
+            raise UserError(
+                f"could not get timm's pretrained weights for '{name}': they are downloaded, {offline}, and they are "
+                "not in the local cache. Use a local file instead: model.weights=/path/to/weights"
+            ) from err
         raise UserError(
             f"could not get timm's pretrained weights for '{name}' (they are downloaded, and this machine may be "
             f"offline): {type(err).__name__}: {str(err)[:300]}. Use a local file instead: model.weights=/path/to/weights"

@@ -10,7 +10,8 @@ written to a temporary name and renamed, so a viewer never reads half a picture.
 
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from trainer.callbacks import format_value
 
@@ -18,6 +19,20 @@ CURVES_PNG = "curves.png"
 SWEEP_PNG = "sweep.png"
 COLORS = {"train": "C0", "val": "C1"}  # the same split has the same colour in every panel
 MAX_ROWS = 40  # a sweep picture shows at most this many jobs (the best ones)
+# Metrics whose every value lies in [0, 1] (trainer/metrics.py: scores of predicted classes, and of
+# rankings; topN for any N): an axis past those bounds shows values no run can have.
+UNIT_INTERVAL_METRICS = {"accuracy", "balanced_accuracy", "f1", "f1_weighted", "precision", "precision_weighted",
+                         "recall", "recall_weighted", "roc_auc", "mrr", "ndcg", "map"}
+
+
+def metric_bounds(monitor: str) -> Tuple[Optional[float], Optional[float]]:
+    """The lowest and highest value the monitored metric can take (None: unbounded); r2 is at most 1."""
+    name = monitor.split("/")[-1]
+    if name in UNIT_INTERVAL_METRICS or re.fullmatch(r"top\d+", name):
+        return 0.0, 1.0
+    if name == "r2":
+        return None, 1.0
+    return None, None
 
 
 def save_figure(fig, path: str) -> None:
@@ -75,9 +90,10 @@ def draw_curves(rows: Sequence[Dict[str, float]], monitor: str, path: str, best_
 
 
 def draw_dots(labels: Sequence[str], values: Sequence[Optional[float]], errors: Optional[Sequence[Optional[float]]],
-              xlabel: str, title: str, path: str) -> None:
+              xlabel: str, title: str, path: str, bounds: Tuple[Optional[float], Optional[float]] = (None, None)) -> None:
     """One dot per label, the first on top (a dot plot, so the axis may zoom on small differences
-    honestly); error bars where given; a row without a value says so."""
+    honestly); error bars where given; a row without a value says so. The axis stays within `bounds`
+    (those of the metric), which its margins and error bars would otherwise cross."""
     n = len(labels)
     fig = new_figure(9, 1.3 + 0.3 * n)
     ax = fig.subplots()
@@ -88,11 +104,18 @@ def draw_dots(labels: Sequence[str], values: Sequence[Optional[float]], errors: 
         if value is None:
             ax.annotate("no value", (left, y), va="center", fontsize=8, color="C3")
             continue
-        ax.errorbar([value], [y], xerr=None if error is None else [error], fmt="o", color="C0", capsize=3)
+        bar = ax.errorbar([value], [y], xerr=None if error is None else [error], fmt="o", color="C0", capsize=3)
+        bar.lines[0].set_clip_on(False)  # a dot on the metric's bound (accuracy 1.0) is drawn whole; its bar is clipped
         ax.annotate(format_value(float(value)), (value, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.set_ylim(n - 0.5, -0.7)  # first row on top, room for its number
     ax.margins(x=0.08)
+    low, high = ax.get_xlim()
+    if bounds[0] is not None and low < bounds[0] < high:
+        low = bounds[0]
+    if bounds[1] is not None and low < bounds[1] < high:
+        high = bounds[1]
+    ax.set_xlim(low, high)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
@@ -104,4 +127,5 @@ def draw_sweep(labels, values, errors, monitor: str, title: str, path: str) -> N
     shown = slice(0, MAX_ROWS)
     if len(labels) > MAX_ROWS:
         title = f"{title} (best {MAX_ROWS} of {len(labels)})"
-    draw_dots(labels[shown], values[shown], None if errors is None else errors[shown], f"best {monitor}", title, path)
+    draw_dots(labels[shown], values[shown], None if errors is None else errors[shown], f"best {monitor}", title, path,
+              metric_bounds(monitor))
