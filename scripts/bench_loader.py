@@ -27,6 +27,7 @@ from make_digit_images import write_class_folders  # noqa: E402
 from trainer.data import DATASETS  # noqa: E402
 from trainer.images import find_problems, images_under  # noqa: E402
 from trainer.loaders import available_cpus  # noqa: E402
+from trainer.registry import build, schema_defaults  # noqa: E402
 
 
 def epoch_rate(loader) -> float:
@@ -61,10 +62,10 @@ def main() -> None:
         for workers in args.workers:
             torch.manual_seed(0)
             # val_root=folder: every image is in the training loader (no split), as in the baseline
-            ours = DATASETS.get("image_folder")(
-                root=folder, val_root=folder, image_size=args.image_size, batch_size=args.batch_size,
-                num_workers=workers, seed=0,
-            ).train_loader
+            ours = build(DATASETS, {
+                **schema_defaults("data", "image_folder"), "root": folder, "val_root": folder,
+                "image_size": args.image_size, "batch_size": args.batch_size, "num_workers": workers,
+            }, seed=0).train_loader
             plain = DataLoader(
                 ImageFolder(folder, transform=ours.dataset.transform), batch_size=args.batch_size, shuffle=True,
                 num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),

@@ -12,22 +12,33 @@ from PIL import Image
 
 from image_files import digit_image, not_an_image, truncate, write_csv, write_csv_dataset, write_image_folder
 from trainer import build
-from trainer.data import DATASETS, digits
+from trainer.data import DATASETS
+from trainer.data import digits as digits_builder
 from trainer.errors import UserError
 from trainer.images import load_image
 from trainer.loaders import balanced_sampler
 from trainer.registry import build as build_part
+from trainer.registry import schema_defaults
 from trainer.transforms import eval_transform, resolve_input, train_transform
 
 SMALL = dict(image_size=16, num_workers=0, batch_size=8)
 
 
+def schema_options(option):
+    """A dataset builder's arguments as the schema states them (builders state no defaults of their own)."""
+    return {key: value for key, value in schema_defaults("data", option).items() if key != "name"}
+
+
 def folder_data(root, **options):
-    return DATASETS.get("image_folder")(root=str(root), seed=0, **{**SMALL, **options})
+    return DATASETS.get("image_folder")(root=str(root), **{**schema_options("image_folder"), "seed": 0, **SMALL, **options})
 
 
 def csv_data(csv_path, **options):
-    return DATASETS.get("csv")(csv=str(csv_path), seed=0, **{**SMALL, **options})
+    return DATASETS.get("csv")(csv=str(csv_path), **{**schema_options("csv"), "seed": 0, **SMALL, **options})
+
+
+def digits(**options):
+    return digits_builder(**{**schema_options("digits"), **options})
 
 
 def loader_paths(loader):
@@ -69,7 +80,7 @@ def test_load_image_converts_every_mode(tmp_path):
 def test_split_is_stratified_and_seeded(folder):
     first, again = folder_data(folder), folder_data(folder)
     assert loader_paths(first.val_loader) == loader_paths(again.val_loader)
-    other = DATASETS.get("image_folder")(root=str(folder), seed=1, **SMALL)
+    other = folder_data(folder, seed=1)
     assert loader_paths(other.val_loader) != loader_paths(first.val_loader)
     for data in (first, other):
         val_labels = Counter(data.val_loader.dataset.targets)
@@ -287,8 +298,9 @@ def test_mixup_trains_through_the_engine(folder, tmp_path):
     engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
     assert engine.mixup is not None
     seen = []
-    original = engine.mixup_loss.forward
-    engine.mixup_loss.forward = lambda logits, target: seen.append(target.shape) or original(logits, target)
+    original = engine.loss_fn.forward
+    # the configured loss takes the soft targets in training (validation calls it with labels, without grad)
+    engine.loss_fn.forward = lambda logits, target: (torch.is_grad_enabled() and seen.append(target.shape)) or original(logits, target)
     summary = engine.fit(train_loader, val_loader)
     assert summary["status"] == "completed"
     assert seen and all(shape == (8, 10) for shape in seen)  # soft targets, one column per class

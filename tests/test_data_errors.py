@@ -7,16 +7,22 @@ from conftest import read_json
 from image_files import digit_image, not_an_image, truncate, write_csv, write_csv_dataset, write_image_folder
 from trainer.data import DATASETS
 from trainer.errors import UserError
+from trainer.registry import schema_defaults
 
 SMALL = dict(image_size=16, num_workers=0, batch_size=8, seed=0)
 
 
+def schema_options(option):
+    """A dataset builder's arguments as the schema states them (builders state no defaults of their own)."""
+    return {key: value for key, value in schema_defaults("data", option).items() if key != "name"}
+
+
 def image_folder(root, **options):
-    return DATASETS.get("image_folder")(root=str(root), **{**SMALL, **options})
+    return DATASETS.get("image_folder")(root=str(root), **{**schema_options("image_folder"), **SMALL, **options})
 
 
 def csv_data(path, **options):
-    return DATASETS.get("csv")(csv=str(path), **{**SMALL, **options})
+    return DATASETS.get("csv")(csv=str(path), **{**schema_options("csv"), **SMALL, **options})
 
 
 @pytest.fixture

@@ -114,3 +114,108 @@ def test_real_registries_builders_reject_unknown_keys():
 
     with pytest.raises(UserError, match=r"loss 'ce' does not take gamma; it takes: label_smoothing, weights"):
         build(LOSSES, {"name": "ce", "gamma": 2.0}, num_classes=3, train_labels=[0, 1, 2])
+
+
+def test_build_names_the_config_keys_a_builder_needs():
+    # builders state no defaults of their own, so a config without a key (one stored by an older
+    # version) is named instead of failing with a TypeError
+    r = Registry("thing")
+    r.register("sized")(lambda depth, scale, *, model: (depth, scale, model))
+    assert build(r, {"name": "sized", "depth": 1, "scale": 2}, model="M") == (1, 2, "M")
+    with pytest.raises(UserError, match=r"^thing 'sized' needs scale, which the config does not give; it takes: depth, scale$"):
+        build(r, {"name": "sized", "depth": 1}, model="M")
+
+
+# --- every default stated once, in the schema -------------------------------------------------
+def builders_of_schema_groups():
+    """group -> option -> the builder that its config is passed to."""
+    from trainer.config import SCHEMAS
+    from trainer.data import DATASETS
+    from trainer.losses import LOSSES, REGRESSION_LOSSES
+    from trainer.models import MODELS, timm_model
+    from trainer.optim import OPTIMIZERS, SCHEDULERS
+
+    registries = {"data": [DATASETS], "model": [MODELS], "loss": [LOSSES, REGRESSION_LOSSES],
+                  "optimizer": [OPTIMIZERS], "scheduler": [SCHEDULERS]}
+    builders = {}
+    for group, options in SCHEMAS.items():
+        if group not in registries:
+            continue
+        builders[group] = {}
+        for option in options:
+            found = [registry.get(option) for registry in registries[group] if option in registry]
+            # model=timm stands for any timm model name: model.name is the builder's first argument
+            builders[group][option] = timm_model if (group, option) == ("model", "timm") else found[0]
+        for registry in registries[group]:  # and every registered builder has a schema
+            assert set(registry.names()) <= set(options), (group, registry.names())
+    return builders
+
+
+# metric names pick functions (no builder takes a config); the logger is chosen by callbacks.make_callbacks
+GROUPS_WITHOUT_BUILDERS = {"metric", "logger"}
+
+
+def test_every_schema_group_is_checked():
+    from trainer.config import SCHEMAS
+
+    assert set(SCHEMAS) == set(builders_of_schema_groups()) | GROUPS_WITHOUT_BUILDERS
+
+
+def schema_options():
+    from trainer.config import SCHEMAS
+
+    return [(group, option) for group in SCHEMAS if group not in GROUPS_WITHOUT_BUILDERS for option in SCHEMAS[group]]
+
+
+@pytest.mark.parametrize("group, option", schema_options())
+def test_builder_signature_matches_its_schema(group, option):
+    """Every schema key but `name` is a builder parameter without a default (the schema's default is the
+    only one), and every builder parameter that is not a runtime value (those are keyword-only) is a
+    schema key."""
+    import dataclasses
+    import inspect
+
+    from trainer.config import SCHEMAS
+
+    builder = builders_of_schema_groups()[group][option]
+    params = inspect.signature(builder).parameters
+    keys = {field.name for field in dataclasses.fields(SCHEMAS[group][option])}
+    configurable = {name for name, p in params.items()
+                    if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)}
+    missing = sorted(keys - {"name"} - configurable)
+    assert not missing, f"{group}={option}: schema keys the builder {builder.__name__} does not take: {missing}"
+    with_defaults = sorted(key for key in keys - {"name"} if params[key].default is not inspect.Parameter.empty)
+    assert not with_defaults, f"{group}={option}: {builder.__name__} states defaults of its own for {with_defaults}"
+    unknown = sorted(configurable - keys)
+    assert not unknown, f"{group}={option}: {builder.__name__} takes {unknown}, which the schema lacks"
+
+
+@pytest.mark.parametrize("group, option", [("optimizer", o) for o in ("sgd", "adamw", "adam", "rmsprop")]
+                         + [("scheduler", o) for o in ("none", "step", "multistep", "exponential", "cosine", "plateau", "onecycle")])
+def test_schema_defaults_build_every_optimizer_and_scheduler(group, option):
+    import torch
+
+    from trainer.optim import OPTIMIZERS, SCHEDULERS
+    from trainer.registry import schema_defaults
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = build(OPTIMIZERS, schema_defaults("optimizer", option if group == "optimizer" else "sgd"), model=model)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    if group == "scheduler":
+        schedule = build(SCHEDULERS, schema_defaults("scheduler", option), optimizer=optimizer, max_epochs=3,
+                         steps_per_epoch=2, mode="max")
+        assert schedule.interval == ("step" if option == "onecycle" else "epoch")
+
+
+def test_schema_defaults_are_the_schema_values():
+    from trainer.registry import schema_defaults
+
+    assert schema_defaults("scheduler", "multistep") == {
+        "name": "multistep", "milestones": [15, 25], "gamma": 0.1,
+        "interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.01,
+    }
+    assert schema_defaults("scheduler", "exponential")["gamma"] == 0.9
+    folder = schema_defaults("data", "image_folder")
+    assert "root" not in folder and folder["val_root"] is None and folder["name"] == "image_folder"  # MISSING left out
+    first, second = schema_defaults("optimizer", "adamw"), schema_defaults("optimizer", "adamw")
+    assert first["betas"] == [0.9, 0.999] and first["betas"] is not second["betas"]  # a fresh list each time

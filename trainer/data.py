@@ -35,8 +35,8 @@ class DataBundle:
     in_chans: int
     train_labels: np.ndarray  # for class weights and samplers
     # timm.data.Mixup when data.mixup or data.cutmix > 0, else None. The engine applies it to each
-    # training batch, `inputs, soft_targets = mixup(inputs, targets)`, and trains on the (batch,
-    # classes) soft targets with timm.loss.SoftTargetCrossEntropy; validation is untouched.
+    # training batch, `inputs, soft_targets = mixup(inputs, targets)`, and gives the (batch, classes)
+    # soft targets to the configured loss (each has a soft form); validation keeps the labels.
     mixup: Optional[Any] = None
 
     @property
@@ -95,8 +95,8 @@ def subsample_classes(labels: np.ndarray, class_names: Sequence[str], class_frac
 
 
 @DATASETS.register("digits")
-def digits(batch_size: int = 64, val_fraction: float = 0.2, image_size: int = 8, num_workers: int = 0, sampler: str = "random",
-           class_fraction: Optional[Dict[Any, float]] = None, *, seed: int, pin_memory: bool = False) -> DataBundle:
+def digits(batch_size: int, val_fraction: float, image_size: int, num_workers: int, sampler: str,
+           class_fraction: Optional[Dict[Any, float]], *, seed: int, pin_memory: bool = False) -> DataBundle:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): no download."""
     from sklearn.datasets import load_digits
 
@@ -130,12 +130,12 @@ def digits(batch_size: int = 64, val_fraction: float = 0.2, image_size: int = 8,
 # each signature because the registry accepts exactly the keys a builder names.
 
 @DATASETS.register("image_folder")
-def image_folder(root: str, val_root: Optional[str] = None, batch_size: int = 32, val_fraction: float = 0.2, channels: int = 3,
-                 image_size=None, mean=None, std=None, interpolation=None, crop_pct=None, augment=True,
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, vflip=0.0, color_jitter=0.4, auto_augment=None,
-                 re_prob=0.0, re_mode="pixel", re_count=1, mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-                 mixup_mode="batch", label_smoothing=0.1, sampler="random", class_fraction=None, num_workers=None,
-                 skip_bad_files=False, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
+def image_folder(root: str, val_root: Optional[str], batch_size: int, val_fraction: float, channels: int,
+                 image_size, mean, std, interpolation, crop_pct, augment,
+                 scale, ratio, hflip, vflip, color_jitter, auto_augment,
+                 re_prob, re_mode, re_count, mixup, cutmix, mixup_prob, mixup_switch_prob,
+                 mixup_mode, label_smoothing, sampler, class_fraction, num_workers,
+                 skip_bad_files, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
     """root/<class name>/**/<image>: torchvision's ImageFolder layout; hidden folders are not classes."""
     settings = pipeline_settings(locals(), "root", "val_root")
     paths, labels, class_names = images.scan_class_folders(root, "data.root")
@@ -151,13 +151,13 @@ def image_folder(root: str, val_root: Optional[str] = None, batch_size: int = 32
 
 
 @DATASETS.register("csv")
-def csv(csv: str, image_dir: Optional[str] = None, path_column: str = "image", label_column: str = "label", path_suffix: str = "",
-        val_csv: Optional[str] = None, batch_size: int = 32, val_fraction: float = 0.2, channels: int = 3,
-        image_size=None, mean=None, std=None, interpolation=None, crop_pct=None, augment=True,
-        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, vflip=0.0, color_jitter=0.4, auto_augment=None,
-        re_prob=0.0, re_mode="pixel", re_count=1, mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-        mixup_mode="batch", label_smoothing=0.1, sampler="random", class_fraction=None, num_workers=None,
-        skip_bad_files=False, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
+def csv(csv: str, image_dir: Optional[str], path_column: str, label_column: str, path_suffix: str,
+        val_csv: Optional[str], batch_size: int, val_fraction: float, channels: int,
+        image_size, mean, std, interpolation, crop_pct, augment,
+        scale, ratio, hflip, vflip, color_jitter, auto_augment,
+        re_prob, re_mode, re_count, mixup, cutmix, mixup_prob, mixup_switch_prob,
+        mixup_mode, label_smoothing, sampler, class_fraction, num_workers,
+        skip_bad_files, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
     """A CSV with a column of image paths and a column of labels (strings or integers)."""
     settings = pipeline_settings(locals(), "csv", "image_dir", "path_column", "label_column", "path_suffix", "val_csv")
     paths, labels, _ = images.scan_csv(csv, image_dir, path_column, label_column, path_suffix, "data.csv")

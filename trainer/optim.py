@@ -1,5 +1,6 @@
 """Optimizers and learning-rate schedules over torch.optim, as registry options."""
 
+import bisect
 import math
 from typing import Any, Callable, Dict, List, Optional
 
@@ -42,7 +43,7 @@ def check_rates(lr: Optional[float], weight_decay: float, head_lr: Optional[floa
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
+def sgd(lr, momentum, nesterov, weight_decay, decay_norm_and_bias, head_lr, *, model):
     check_rates(lr, weight_decay, head_lr)
     if nesterov and momentum <= 0:
         raise UserError("optimizer.nesterov=true needs optimizer.momentum > 0")
@@ -51,21 +52,21 @@ def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0, decay_norm_and_bias=F
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay_norm_and_bias=False, head_lr=None, *, model):
+def adamw(lr, betas, eps, weight_decay, decay_norm_and_bias, head_lr, *, model):
     check_rates(lr, weight_decay, head_lr)
     groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 @OPTIMIZERS.register("adam")
-def adam(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
+def adam(lr, betas, eps, weight_decay, decay_norm_and_bias, head_lr, *, model):
     check_rates(lr, weight_decay, head_lr)
     groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 @OPTIMIZERS.register("rmsprop")
-def rmsprop(lr, alpha=0.99, momentum=0.0, eps=1e-8, weight_decay=0.0, decay_norm_and_bias=False, head_lr=None, *, model):
+def rmsprop(lr, alpha, momentum, eps, weight_decay, decay_norm_and_bias, head_lr, *, model):
     check_rates(lr, weight_decay, head_lr)
     groups = param_groups(model, lr, weight_decay, decay_norm_and_bias, head_lr)
     return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, momentum=momentum, eps=eps)
@@ -76,8 +77,10 @@ class Schedule:
 
     Lengths in the config (step_size, milestones, t_max, warmup_epochs) are always in epochs; with
     `interval: step` they are converted to optimizer steps. During warmup a LinearLR ramps the learning
-    rate up to its configured value; then the main scheduler takes over. ReduceLROnPlateau gets the
-    monitored value after each epoch.
+    rate up to its configured value; then the main scheduler takes over, over the rest of the run.
+    Step and multistep instead count their epochs from the start of the run, warmup included: their
+    `main` is one closed-form LambdaLR and `warmup` is None. ReduceLROnPlateau gets the monitored
+    value after each epoch.
 
     A schedule planned over the whole run (cosine without t_max, onecycle) has `replan`: when a resumed
     run is given more epochs, the schedule continues as if it had been planned for the new length from
@@ -132,6 +135,12 @@ class Schedule:
             main_done = self.units_done - self.warmup_units
             if main_done > 0:  # in closed form at the new length (before that, the fresh one is right)
                 self.main = self.replan(main_done - 1)
+        elif isinstance(self.main, torch.optim.lr_scheduler.LambdaLR) and "lr_lambdas" not in state["main"]:
+            # step and multistep were torch's StepLR/MultiStepLR after a separate warmup, on a clock
+            # that started when the warmup ended: such a stored position means something else now
+            raise UserError("the checkpoint's learning-rate schedule was stored by an older version of this "
+                            "scheduler, which counted its epochs from the end of the warmup; it cannot be continued: "
+                            "start a new run")
         else:
             self.main.load_state_dict(state["main"])
 
@@ -170,43 +179,64 @@ def make_schedule(main_factory, *, optimizer, interval: str, warmup_epochs: int,
     return Schedule(main, interval, warmup, warmup_units, main_units, replan)
 
 
-def _common(interval="epoch", warmup_epochs=0, warmup_start_factor=0.01):
+def _common(interval, warmup_epochs, warmup_start_factor):
     if not 0 < warmup_start_factor <= 1:
         raise UserError(f"scheduler.warmup_start_factor={warmup_start_factor} is not valid; use 0 < factor <= 1")
     return dict(interval=interval, warmup_epochs=warmup_epochs, warmup_start_factor=warmup_start_factor)
 
 
 @SCHEDULERS.register("none")
-def no_schedule(interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+def no_schedule(interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
     return make_schedule(lambda per_epoch, units: None, optimizer=optimizer, max_epochs=max_epochs,
                          steps_per_epoch=steps_per_epoch, **_common(interval, warmup_epochs, warmup_start_factor))
 
 
+def decays_on_the_run_clock(decays_after: Callable[[int], int], gamma: float, *, optimizer, interval: str,
+                            warmup_epochs: int, warmup_start_factor: float, max_epochs: int, steps_per_epoch: int) -> Schedule:
+    """The rate after `e` epochs of the run is lr * gamma ** decays_after(e): step and multistep.
+
+    Their epochs are epochs of the run, counted from its start as the config says and as timm counts
+    them (warmup_prefix=False), not from the end of the warmup. So one closed-form LambdaLR covers
+    the whole run, the linear warmup included: a main scheduler stepped after a separate warmup
+    would start its clock only when the warmup ends. A decay that falls within the warmup takes
+    effect when the warmup ends (as in timm): the warmup ramps up to lr, then the rate is
+    lr * gamma ** (the decays passed by then).
+    """
+    check_schedule(interval, warmup_epochs, max_epochs)
+    per_epoch = steps_per_epoch if interval == "step" else 1
+    warmup_units = warmup_epochs * per_epoch
+
+    def factor(unit: int) -> float:
+        if unit < warmup_units:  # LinearLR's ramp, in closed form
+            return warmup_start_factor + (1 - warmup_start_factor) * unit / warmup_units
+        return gamma ** decays_after(unit // per_epoch)
+
+    return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor), interval, main_units=max_epochs * per_epoch)
+
+
 @SCHEDULERS.register("step")
-def step(step_size=10, gamma=0.1, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+def step(step_size, gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
     if step_size < 1:
         raise UserError(f"scheduler.step_size={step_size} is not valid; use an integer >= 1 (epochs)")
-    return make_schedule(
-        lambda per_epoch, units: torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size * per_epoch, gamma=gamma),
-        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
-        **_common(interval, warmup_epochs, warmup_start_factor),
+    return decays_on_the_run_clock(
+        lambda epochs: epochs // step_size, gamma, optimizer=optimizer, max_epochs=max_epochs,
+        steps_per_epoch=steps_per_epoch, **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
 @SCHEDULERS.register("multistep")
-def multistep(milestones=(30, 60, 90), gamma=0.1, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
-    if any(m < 1 for m in milestones) or list(milestones) != sorted(milestones):
-        raise UserError(f"scheduler.milestones={list(milestones)} is not valid; use increasing epochs >= 1")
-    return make_schedule(
-        lambda per_epoch, units: torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[m * per_epoch for m in milestones], gamma=gamma),
-        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
-        **_common(interval, warmup_epochs, warmup_start_factor),
+def multistep(milestones, gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
+    milestones = list(milestones)
+    if any(m < 1 for m in milestones) or milestones != sorted(milestones):
+        raise UserError(f"scheduler.milestones={milestones} is not valid; use increasing epochs >= 1")
+    return decays_on_the_run_clock(
+        lambda epochs: bisect.bisect_right(milestones, epochs), gamma, optimizer=optimizer, max_epochs=max_epochs,
+        steps_per_epoch=steps_per_epoch, **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
 @SCHEDULERS.register("exponential")
-def exponential(gamma=0.95, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+def exponential(gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
     if not 0 < gamma <= 1:
         raise UserError(f"scheduler.gamma={gamma} is not valid; use 0 < gamma <= 1 (the factor per epoch)")
     return make_schedule(
@@ -217,7 +247,7 @@ def exponential(gamma=0.95, interval="epoch", warmup_epochs=0, warmup_start_fact
 
 
 @SCHEDULERS.register("cosine")
-def cosine(t_max=None, eta_min=0.0, interval="epoch", warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+def cosine(t_max, eta_min, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
     if t_max is not None and t_max < 1:
         raise UserError(f"scheduler.t_max={t_max} is not valid; use an integer >= 1 (epochs) or null (the rest of the run)")
 
@@ -236,8 +266,7 @@ def cosine(t_max=None, eta_min=0.0, interval="epoch", warmup_epochs=0, warmup_st
 
 
 @SCHEDULERS.register("plateau")
-def plateau(factor=0.1, patience=3, threshold=1e-4, cooldown=0, min_lr=0.0, interval="epoch", warmup_epochs=0,
-            warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch, mode):
+def plateau(factor, patience, threshold, cooldown, min_lr, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, mode):
     if not 0 < factor < 1:
         raise UserError(f"scheduler.factor={factor} is not valid; use 0 < factor < 1")
     if interval != "epoch":
@@ -251,8 +280,7 @@ def plateau(factor=0.1, patience=3, threshold=1e-4, cooldown=0, min_lr=0.0, inte
 
 
 @SCHEDULERS.register("onecycle")
-def onecycle(pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal_strategy="cos", interval="step",
-             warmup_epochs=0, warmup_start_factor=0.01, *, optimizer, max_epochs, steps_per_epoch):
+def onecycle(pct_start, div_factor, final_div_factor, anneal_strategy, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
     if warmup_epochs:
         raise UserError("scheduler=onecycle warms up by itself (scheduler.pct_start): leave scheduler.warmup_epochs=0")
     if anneal_strategy not in ("cos", "linear"):
