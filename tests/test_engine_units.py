@@ -210,3 +210,177 @@ def test_is_better_max():
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_is_better_non_finite_never_better(mode, best, value):
     assert is_better(value, best, mode) is False
+
+
+# --- non-finite losses -----------------------------------------------------------------------
+class CountingLoader:
+    """A loader's batches, counting how many were taken; the inputs of batch `nan_at` (1-based) get a NaN."""
+
+    def __init__(self, loader, nan_at=None):
+        self.loader, self.nan_at, self.taken = loader, nan_at, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for inputs, targets in self.loader:
+            self.taken += 1
+            if self.taken == self.nan_at:
+                inputs = inputs.clone()
+                inputs[0, 0] = float("nan")
+            yield inputs, targets
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_a_nan_loss_stops_a_long_epoch_within_the_check_interval(accumulate):
+    from trainer.engine import NONFINITE_CHECK_STEPS, NonFiniteLoss
+
+    num_batches, nan_at = 400, 137
+    loader = CountingLoader(DataLoader(dataset(2 * num_batches), batch_size=2), nan_at)
+    engine = make_engine(linear_model(), accumulate)
+    with pytest.raises(NonFiniteLoss) as raised:
+        engine.train_epoch(loader, epoch=3)
+    # noticed at the first check after it: at most NONFINITE_CHECK_STEPS optimizer steps later, not at the epoch's end
+    assert nan_at <= loader.taken <= nan_at + NONFINITE_CHECK_STEPS * accumulate
+    assert loader.taken < num_batches
+    assert f"epoch 3, step {nan_at} of {num_batches} (stopped after step {loader.taken};" in str(raised.value)
+
+
+def test_a_finite_epoch_looks_for_non_finite_losses_once_per_interval(monkeypatch):
+    from trainer.engine import NONFINITE_CHECK_STEPS
+    from trainer.step_totals import StepTotals
+
+    looked = []
+    original = StepTotals.non_finite_since_check
+    monkeypatch.setattr(StepTotals, "non_finite_since_check",
+                        lambda self, device: looked.append(len(self.losses)) or original(self, device))
+    num_batches, accumulate = 7 * NONFINITE_CHECK_STEPS + 3, 2
+    engine = make_engine(linear_model(), accumulate)
+    result = engine.train_epoch(DataLoader(dataset(num_batches), batch_size=1))
+    assert math.isfinite(result["train/loss"])
+    windows = math.ceil(num_batches / accumulate)
+    interval = NONFINITE_CHECK_STEPS * accumulate
+    assert looked == [interval * k for k in range(1, windows // NONFINITE_CHECK_STEPS + 1)]  # one sync per check
+
+
+class LossAt:
+    """A loss that is NaN at the given training calls (1-based) and 1e30 times too large at others."""
+
+    def __init__(self, loss_fn, nan=(), huge=()):
+        self.loss_fn, self.nan, self.huge, self.calls = loss_fn, set(nan), set(huge), 0
+
+    def to(self, device):
+        return self
+
+    def __call__(self, logits, targets):
+        loss = self.loss_fn(logits, targets)
+        if not torch.is_grad_enabled():
+            return loss
+        self.calls += 1
+        if self.calls in self.nan:
+            return loss * float("nan")
+        return loss * 1e30 if self.calls in self.huge else loss
+
+
+@pytest.mark.parametrize("precision", ["32", "fp16"])
+def test_a_skipped_window_steps_neither_the_optimizer_nor_the_schedule_nor_the_ema(precision):
+    """Batches of 2, accumulate=2: window 2 (calls 3 and 4) has only NaN losses and is skipped; window 5
+    has an overflowing loss, whose step fp16's GradScaler skips (float32 takes it)."""
+    from timm.utils import ModelEmaV3
+
+    model = linear_model(seed=5)
+    loss_fn = LossAt(nn.CrossEntropyLoss(), nan=(3, 4), huge=(9,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = Engine(
+        model, loss_fn, optimizer, Schedule(None), ["accuracy"], device=torch.device("cpu"),
+        loop=LoopSettings(accumulate=2, precision=precision, on_nonfinite="skip"), ema=ModelEmaV3(model, decay=0.9),
+    )
+    window = lambda: (loss_fn.calls + 1) // 2  # noqa: E731  the window of the latest training call
+    stepped, scheduled, averaged = [], [], []
+    optimizer.register_step_post_hook(lambda *args: stepped.append(window()))
+    engine.schedule.after_optimizer_step = lambda: scheduled.append(window())
+    update = engine.ema.update
+    engine.ema.update = lambda model, step: averaged.append((window(), step)) or update(model, step=step)
+
+    result = engine.train_epoch(DataLoader(dataset(24, seed=6), batch_size=2))  # 12 batches, 6 windows
+    expected = [1, 3, 4, 5, 6] if precision == "32" else [1, 3, 4, 6]
+    assert stepped == scheduled == expected
+    assert averaged == [(w, n) for n, w in enumerate(expected, 1)]  # EMA steps count the steps taken
+    assert engine.optimizer_steps == len(expected) and engine.skipped_steps == 2
+    assert math.isfinite(result["train/loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert engine.scaler.is_enabled() == (precision == "fp16")
+
+
+# --- EMA -------------------------------------------------------------------------------------
+def test_ema_is_the_decay_formula_over_the_raw_weights_of_each_step():
+    """ModelEmaV3 as build_ema makes it: the first step copies the weights (timm's decay is 0 at step 1),
+    then e_t = d e_(t-1) + (1 - d) w_t after every optimizer step, replayed here from the recorded weights."""
+    from conftest import compose_train
+    from trainer.build import build_ema
+
+    decay = 0.8
+    model = linear_model(seed=7, dtype=torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    engine = Engine(model, nn.CrossEntropyLoss(), optimizer, Schedule(None), ["accuracy"], device=torch.device("cpu"),
+                    loop=LoopSettings(accumulate=2), ema=build_ema(compose_train(f"trainer.ema_decay={decay}"), model))
+    raw = []
+    optimizer.register_step_post_hook(lambda *args: raw.append([p.detach().clone() for p in model.parameters()]))
+    loader = DataLoader(dataset(40, seed=8, dtype=torch.float64), batch_size=4)
+    for epoch in range(2):
+        engine.train_epoch(loader)
+    assert len(raw) == engine.optimizer_steps == 10
+    expected = None
+    for weights in raw:
+        expected = weights if expected is None else [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    for ema, reference, now in zip(engine.ema.module.parameters(), expected, model.parameters()):
+        torch.testing.assert_close(ema, reference, rtol=0, atol=1e-12)
+        assert (ema - now).abs().max() > 1e-3  # the average lags the weights: the comparison can tell them apart
+
+
+def _rank_with_a_nan(rank, port, result_dir):
+    """One of two gloo processes, each with its own model (no DDP, so the NaN stays on rank 1): rank 0 sees only
+    finite losses and must stop at the same check as rank 1, through the check's all-reduce."""
+    import datetime
+    import json
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from trainer.distributed import Place
+    from trainer.engine import NonFiniteLoss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    model = linear_model()
+    engine = Engine(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), Schedule(None), ["accuracy"],
+                    device=torch.device("cpu"), place=Place(rank, 2, rank, True))
+    loader = CountingLoader(DataLoader(dataset(800, seed=rank), batch_size=2), nan_at=137 if rank == 1 else None)
+    try:
+        engine.train_epoch(loader, epoch=1)
+        outcome = "finished"
+    except NonFiniteLoss as err:
+        outcome = str(err)
+    (Path(result_dir) / f"{rank}.json").write_text(json.dumps({"taken": loader.taken, "outcome": outcome}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_all_processes_stop_at_the_same_check(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from trainer.engine import NONFINITE_CHECK_STEPS
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_with_a_nan, args=(port, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    stop = (137 // NONFINITE_CHECK_STEPS + 1) * NONFINITE_CHECK_STEPS
+    assert [r["taken"] for r in ranks] == [stop, stop]
+    assert ranks[0]["outcome"] == "the training loss became non-finite on another process in epoch 1"
+    assert "epoch 1, step 137 of 400" in ranks[1]["outcome"]

@@ -1,5 +1,6 @@
 """Unit tests of trainer.losses against torch and independent numpy formulas."""
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,15 @@ from trainer.registry import build
 C = 5
 
 
+def schema_defaults(name):
+    """The option values a config of this loss holds when the command line sets none (the schema's)."""
+    from trainer.config import SCHEMAS
+
+    return dataclasses.asdict(SCHEMAS["loss"][name]()) if name in SCHEMAS["loss"] else {"name": name}
+
+
 def make_loss(name, num_classes=C, train_labels=None, **options):
-    return build(LOSSES, {"name": name, **options}, num_classes=num_classes, train_labels=train_labels)
+    return build(LOSSES, {**schema_defaults(name), **options}, num_classes=num_classes, train_labels=train_labels)
 
 
 def random_batch(n=32, c=C, seed=0, scale=2.0):
@@ -37,14 +45,26 @@ WEIGHTS = [0.5, 2.0, 1.0, 3.0, 0.25]
 
 
 # --- cross-entropy ---------------------------------------------------------------------------
+def numpy_ce(logits, q, s=0.0, weights=None):
+    """torch's cross-entropy written out for target rows q: the smoothed target (1-s) q + s/C, each
+    class's term weighted by w_c, the sum divided by sum_i sum_c w_c q_ic (sum_i w[y_i] when one-hot)."""
+    log_p = np_log_softmax(logits)
+    c = log_p.shape[1]
+    w = np.ones(c) if weights is None else np.asarray(weights, dtype=np.float64)
+    t = (1 - s) * q + s / c
+    return float(-(t * w * log_p).sum() / (q @ w).sum())
+
+
+def onehot(target, c=C):
+    return np.eye(c)[np.asarray(target)]
+
+
 @pytest.mark.parametrize("weights", [None, WEIGHTS])
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
-def test_ce_equals_torch_cross_entropy(weights, smoothing):
+def test_ce_matches_the_formula(weights, smoothing):
     logits, target = random_batch()
     loss = make_loss("ce", weights=weights, label_smoothing=smoothing)(logits, target)
-    w = None if weights is None else torch.tensor(weights)
-    expected = F.cross_entropy(logits, target, weight=w, label_smoothing=smoothing)
-    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    assert loss.item() == pytest.approx(numpy_ce(logits, onehot(target), smoothing, weights), rel=1e-5)
 
 
 # --- focal -----------------------------------------------------------------------------------
@@ -160,11 +180,12 @@ def test_lecture_smoothing_differs_from_torch_and_relation(c, s):
 
 # --- soft F1 ---------------------------------------------------------------------------------
 def numpy_soft_f1_loss(logits, target, c, eps=1e-7):
+    """target: integer labels, or rows of class probabilities in place of the one-hot rows."""
     p = np.exp(np_log_softmax(logits.numpy()))
-    onehot = np.eye(c)[target.numpy()]
-    tp = (onehot * p).sum(axis=0)
-    fp = ((1 - onehot) * p).sum(axis=0)
-    fn = (onehot * (1 - p)).sum(axis=0)
+    q = np.asarray(target, dtype=np.float64) if np.asarray(target).ndim == 2 else np.eye(c)[target.numpy()]
+    tp = (q * p).sum(axis=0)
+    fp = ((1 - q) * p).sum(axis=0)
+    fn = (q * (1 - p)).sum(axis=0)
     precision = tp / (tp + fp + eps)
     recall = tp / (tp + fn + eps)
     f1 = 2 * precision * recall / (precision + recall + eps)
@@ -276,8 +297,9 @@ def test_extreme_cases_cover_every_registered_loss():
     assert {name for name, _ in EXTREME_CASES} == set(LOSSES.names())
 
 
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "soft"])
 @pytest.mark.parametrize("name,options", EXTREME_CASES, ids=lambda v: v if isinstance(v, str) else str(v))
-def test_gradients_finite_on_extreme_logits(name, options):
+def test_gradients_finite_on_extreme_logits(name, options, soft):
     labels = [0, 1, 2, 3, 4]
     loss_fn = make_loss(name, train_labels=labels, **options)
     big = 1e4
@@ -293,10 +315,100 @@ def test_gradients_finite_on_extreme_logits(name, options):
         requires_grad=True,
     )
     target = torch.tensor([0, 1, 2, 0, 4, 3])
+    if soft:  # mixup of each row's label with the next row's, 0.7/0.3, as a mixup batch would carry
+        target = 0.7 * F.one_hot(target, C).float() + 0.3 * F.one_hot(target.roll(1), C).float()
     loss = loss_fn(logits, target)
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all(), logits.grad
+
+
+# --- soft targets (mixup / cutmix) -----------------------------------------------------------
+def mixed_targets(target, seed=0, smoothing=0.0, c=C):
+    """Rows as timm's Mixup makes them: each label smoothed (1-s+s/C on it, s/C elsewhere), mixed with
+    the label of the batch flipped, with a random weight per row (mixup_mode=elem)."""
+    rng = np.random.default_rng(seed)
+    smooth = onehot(target, c) * (1 - smoothing) + smoothing / c
+    lam = rng.uniform(0.2, 0.8, size=(len(target), 1))
+    return lam * smooth + (1 - lam) * smooth[::-1]
+
+
+def numpy_soft_focal(logits, q, gamma, weights=None):
+    log_p = np_log_softmax(logits.numpy())
+    w = np.ones(q.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    return float((q * w * (1 - np.exp(log_p)) ** gamma * -log_p).sum() / (q @ w).sum())
+
+
+def numpy_soft_lecture_smoothing(logits, q, s, weights=None):
+    log_p = np_log_softmax(logits.numpy())
+    c = q.shape[1]
+    t = (1 - s) * q + s / (c - 1) * (1 - q)
+    per_sample = -(t * log_p).sum(axis=1)
+    v = q.sum(axis=1) if weights is None else q @ np.asarray(weights, dtype=np.float64)
+    return float((v * per_sample).sum() / v.sum())
+
+
+SOFT_CASES = [
+    ("ce", {}, lambda logits, q: numpy_ce(logits, q)),
+    ("ce", {"label_smoothing": 0.2, "weights": WEIGHTS}, lambda logits, q: numpy_ce(logits, q, 0.2, WEIGHTS)),
+    ("focal", {"gamma": 2.0}, lambda logits, q: numpy_soft_focal(logits, q, 2.0)),
+    ("focal", {"gamma": 1.5, "weights": WEIGHTS}, lambda logits, q: numpy_soft_focal(logits, q, 1.5, WEIGHTS)),
+    ("label_smoothing", {"smoothing": 0.1}, lambda logits, q: numpy_soft_lecture_smoothing(logits, q, 0.1)),
+    ("label_smoothing", {"smoothing": 0.3, "weights": WEIGHTS},
+     lambda logits, q: numpy_soft_lecture_smoothing(logits, q, 0.3, WEIGHTS)),
+    ("f1", {"epsilon": 1e-7}, lambda logits, q: numpy_soft_f1_loss(logits, q, C)),
+]
+
+
+def test_soft_cases_cover_every_registered_loss():
+    assert {name for name, _, _ in SOFT_CASES} == set(LOSSES.names())
+
+
+@pytest.mark.parametrize("name,options,formula", SOFT_CASES, ids=lambda v: v if isinstance(v, str) else "")
+def test_one_hot_soft_targets_give_the_integer_label_loss(name, options, formula):
+    logits, target = random_batch(seed=11)
+    loss_fn = make_loss(name, **options)
+    hard = loss_fn(logits, target)
+    soft = loss_fn(logits, F.one_hot(target, C).float())
+    torch.testing.assert_close(soft, hard, rtol=1e-6, atol=1e-7)
+    assert hard.item() == pytest.approx(formula(logits, onehot(target)), rel=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("name,options,formula", SOFT_CASES, ids=lambda v: v if isinstance(v, str) else "")
+def test_mixed_soft_targets_match_the_formula(name, options, formula, smoothing):
+    logits, target = random_batch(seed=12)
+    q = mixed_targets(target, smoothing=smoothing)
+    loss = make_loss(name, **options)(logits, torch.tensor(q, dtype=torch.float32))
+    assert loss.item() == pytest.approx(formula(logits, q), rel=1e-5)
+    # a mixed target is a different target: the loss is not the one of either image's label alone
+    assert abs(loss.item() - make_loss(name, **options)(logits, target).item()) > 1e-3
+
+
+def test_soft_ce_without_options_is_timms_soft_target_cross_entropy():
+    from timm.loss import SoftTargetCrossEntropy
+
+    logits, target = random_batch(seed=13)
+    q = torch.tensor(mixed_targets(target, smoothing=0.1), dtype=torch.float32)
+    torch.testing.assert_close(make_loss("ce")(logits, q), SoftTargetCrossEntropy()(logits, q), rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_rows_weigh_as_the_mix_of_their_classes_weights():
+    # two images of classes 0 (weight 0.5) and 3 (weight 3.0) mixed 0.25/0.75 weigh 0.25*0.5 + 0.75*3.0
+    logits = torch.randn(2, C, generator=torch.Generator().manual_seed(14))
+    q = torch.zeros(2, C)
+    q[0, 0], q[0, 3], q[1, 1] = 0.25, 0.75, 1.0
+    log_p = torch.log_softmax(logits, dim=1)
+    mixed_weight = 0.25 * WEIGHTS[0] + 0.75 * WEIGHTS[3]
+    term0 = -(0.25 * WEIGHTS[0] * log_p[0, 0] + 0.75 * WEIGHTS[3] * log_p[0, 3])
+    expected = (term0 - WEIGHTS[1] * log_p[1, 1]) / (mixed_weight + WEIGHTS[1])
+    torch.testing.assert_close(make_loss("ce", weights=WEIGHTS)(logits, q), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_soft_targets_of_the_wrong_shape_are_refused():
+    logits, _ = random_batch()
+    with pytest.raises(ValueError, match=r"soft targets must have shape \(N, 5\)"):
+        make_loss("focal")(logits, torch.full((len(logits), C + 1), 1 / (C + 1)))
 
 
 # --- regression losses -----------------------------------------------------------------------
@@ -304,7 +416,7 @@ from trainer.losses import REGRESSION_LOSSES  # noqa: E402
 
 
 def make_regression_loss(name, **options):
-    return build(REGRESSION_LOSSES, {"name": name, **options})
+    return build(REGRESSION_LOSSES, {**schema_defaults(name), **options})
 
 
 def numpy_regression_loss(name, prediction, target, delta=1.0):

@@ -1,6 +1,8 @@
 """What a training epoch keeps of its steps: each step's loss and batch size, and for train accuracy
 its outputs, all as references on the device. No host sync and no kernel per step; the argmax for
 accuracy runs over many steps' outputs at once; the epoch ends with one reduction (`epoch_totals`).
+Every few optimizer steps the engine asks whether a loss kept since its last look was non-finite
+(`non_finite_since_check`): one small kernel and one sync per check, not per step.
 """
 
 from typing import List, Optional
@@ -21,6 +23,7 @@ class StepTotals:
         self._targets: List[torch.Tensor] = []
         self._elements = 0
         self._correct: List[torch.Tensor] = []
+        self._checked = 0  # steps whose loss non_finite_since_check has looked at
 
     def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.losses.append(loss.detach())
@@ -58,3 +61,22 @@ class StepTotals:
         """The 1-based number of the first step whose loss is NaN or infinite, or None."""
         bad = (~torch.isfinite(step_losses)).nonzero()
         return int(bad[0]) + 1 if len(bad) else None
+
+    def non_finite_since_check(self, device: torch.device) -> torch.Tensor:
+        """How many losses kept since the last call are NaN or infinite, as a device tensor (no sync here)."""
+        new, self._checked = self.losses[self._checked:], len(self.losses)
+        if not new:
+            return torch.zeros(1, device=device)
+        return (~torch.isfinite(torch.stack(new).float())).sum().float().reshape(1)
+
+    def non_finite_report(self, device: torch.device, epoch: int, num_batches: int) -> str:
+        """What a run that stops for a non-finite loss says: the first such step, and how far the epoch went."""
+        step_losses = self.step_losses(device)
+        step = self.first_non_finite(step_losses)
+        if step is None:
+            return f"the training loss became non-finite on another process in epoch {epoch}"
+        return (
+            f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {step} of {num_batches} "
+            f"(stopped after step {len(step_losses)}; best.ckpt is untouched); lower optimizer.lr, set "
+            "trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
+        )

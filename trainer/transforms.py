@@ -156,7 +156,9 @@ def allow_zero_bit_posterize(transform) -> None:
 def build_mixup(num_classes: int, batch_size: int, mixup: float = 0.0, cutmix: float = 0.0, mixup_prob: float = 1.0,
                 mixup_switch_prob: float = 0.5, mixup_mode: str = "batch", label_smoothing: float = 0.1):
     """timm's Mixup when mixup or cutmix is on, else None. It turns a batch's integer targets into
-    soft targets of shape (batch, num_classes), so it needs an even batch size."""
+    soft targets of shape (batch, num_classes), so it needs an even batch size. `label_smoothing`
+    (data.label_smoothing) smooths those targets torch's way (1-s+s/C on each label) before the
+    configured loss sees them; check_config refuses it next to a loss that smooths again."""
     if mixup < 0 or cutmix < 0:
         raise UserError(f"data.mixup={mixup}, data.cutmix={cutmix}: alphas must be >= 0 (0 = off)")
     if mixup == 0 and cutmix == 0:
