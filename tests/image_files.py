@@ -86,3 +86,14 @@ def truncate(path: Path) -> Path:
 def not_an_image(path: Path) -> Path:
     path.write_text("this is a text file with an image's name\n")
     return path
+
+
+def write_identical_images(root: Path, classes: Iterable[int] = (0, 1), per_class: int = 16) -> None:
+    """root/<class>/<n>.png, every file the same RGB picture: any two batches hold the same images, so
+    whatever differs between them was drawn by the augmentation."""
+    picture = digit_image(indices_of(3, 1)[0], (24, 24), "RGB")
+    for label in classes:
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            picture.save(folder / f"{n:03d}.png")

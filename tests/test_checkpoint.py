@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import trainer.checkpoint as checkpoint_module
-from trainer.checkpoint import load_model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.checkpoint import (chosen_by_ema, chosen_weights, load_model_state, read_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
 from trainer.errors import UserError
 
 
@@ -252,3 +253,18 @@ def test_load_model_state_success():
     load_model_state(model, source.state_dict(), "w.pt")
     for a, b in zip(model.parameters(), source.parameters()):
         assert torch.equal(a, b)
+
+
+# --- the weights a checkpoint was chosen by -------------------------------------------------------
+@pytest.mark.parametrize("monitor, has_ema, chosen", [
+    ("val_ema/f1", True, "ema"),
+    ("val_ema/loss", True, "ema"),
+    ("val/f1", True, "model"),  # an EMA kept but not monitored: the raw weights were chosen
+    ("val/loss", False, "model"),
+    ("val_ema/f1", False, "model"),  # nothing else to run
+    (None, True, "model"),  # a checkpoint of an older run without a monitor
+])
+def test_chosen_weights_are_the_ema_only_when_the_run_monitored_it(monitor, has_ema, chosen):
+    ckpt = {"model": {"w": torch.zeros(1)}, "ema": {"w": torch.ones(1)} if has_ema else None, "monitor": monitor}
+    assert chosen_weights(ckpt) is ckpt[chosen]
+    assert chosen_by_ema(ckpt) == (chosen == "ema")

@@ -6,6 +6,7 @@ the same entry functions in process, on a config composed by Hydra, to keep the 
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,106 @@ def test_predict_reads_a_csv_of_ids_the_way_the_training_csv_was_read(image_run,
     output = tmp_path / "submission.csv"
     predict(f"ckpt_path={tmp_path / 'csv.ckpt'}", f"input={listing}", f"image_dir={image_run / 'digits'}", f"output={output}")
     assert [r["id"] for r in read_csv(output)] == ids
+
+
+# --- the weights a checkpoint was chosen by, and regression --------------------------------------
+@pytest.fixture(scope="module")
+def split_images(tmp_path_factory):
+    """Image folders with a fixed validation folder, so the test knows which images a run validated on."""
+    root = tmp_path_factory.mktemp("split_images")
+    write_image_folder(root / "train", per_class=8)
+    write_image_folder(root / "val", per_class=3, skip=8)
+    return root
+
+
+def train_on(split_images, name, *args):
+    run_dir = split_images / name
+    result = run_module("trainer", *TRAIN_ARGS, "data.num_workers=0", f"data.root={split_images / 'train'}",
+                        f"data.val_root={split_images / 'val'}", "progress=false", f"hydra.run.dir={run_dir}", *args,
+                        cwd=split_images)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return run_dir
+
+
+def best_row(run_dir):
+    return read_csv(run_dir / "metrics.csv")[read_json(run_dir / "summary.json")["best_epoch"] - 1]
+
+
+def true_labels(rows):
+    return [int(row["path"].split("/")[0]) for row in rows]  # <class folder>/<file>
+
+
+def test_predict_runs_the_ema_weights_a_checkpoint_was_chosen_by(split_images, tmp_path):
+    """Predicting the validation folder reproduces the run's val_ema/* numbers, not its val/* ones."""
+    from sklearn.metrics import accuracy_score, log_loss
+
+    # A high rate moves the raw weights far in two epochs while a slow EMA stays near the start.
+    run_dir = train_on(split_images, "ema", "trainer.max_epochs=2", "optimizer.lr=0.03", "data.augment=false",
+                       "trainer.ema_decay=0.99", "monitor=val_ema/loss")
+    row = best_row(run_dir)
+    assert abs(float(row["val/loss"]) - float(row["val_ema/loss"])) > 0.1  # otherwise this test could not tell them apart
+    output = tmp_path / "ema.csv"
+    result = run_module("trainer.predict", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+                        f"input={split_images / 'val'}", f"output={output}", "num_workers=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_csv(output)
+    classes = [str(d) for d in range(10)]
+    prob = np.array([[float(r[c]) for c in classes] for r in rows])
+    prob /= prob.sum(axis=1, keepdims=True)  # undo the rounding of the written probabilities
+    y_true = true_labels(rows)
+    assert log_loss(y_true, prob, labels=range(10)) == pytest.approx(float(row["val_ema/loss"]), abs=1e-4)
+    assert accuracy_score(y_true, [int(r["prediction"]) for r in rows]) == pytest.approx(float(row["val_ema/accuracy"]))
+    assert "EMA weights: the run monitored val_ema/loss" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def regression_run(split_images):
+    return train_on(split_images, "regression", "task=regression", "trainer.max_epochs=3", "optimizer.lr=0.01")
+
+
+def test_predict_writes_the_values_of_a_regression_checkpoint(regression_run, split_images, tmp_path):
+    """The predicted values of the validation folder give the run's recorded val/mae and val/rmse."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    output = tmp_path / "values.csv"
+    result = run_module("trainer.predict", f"ckpt_path={regression_run / 'checkpoints' / 'best.ckpt'}",
+                        f"input={split_images / 'val'}", f"output={output}", "num_workers=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_csv(output)
+    assert list(rows[0]) == ["path", "prediction"] and len(rows) == 30
+    values = np.array([float(r["prediction"]) for r in rows])
+    assert values.std() > 0.05  # the model tells images apart: a constant would make the check below weak
+    row = best_row(regression_run)
+    assert mean_absolute_error(true_labels(rows), values) == pytest.approx(float(row["val/mae"]), abs=1e-4)
+    assert mean_squared_error(true_labels(rows), values) ** 0.5 == pytest.approx(float(row["val/rmse"]), abs=1e-4)
+
+
+def test_flip_tta_averages_a_regression_checkpoints_values_with_the_mirror_images(regression_run, split_images, tmp_path):
+    from PIL import Image, ImageOps
+
+    ckpt = regression_run / "checkpoints" / "best.ckpt"
+    mirrored = tmp_path / "mirrored"
+    for path in sorted((split_images / "val").rglob("*.*")):
+        (mirrored / path.parent.name).mkdir(parents=True, exist_ok=True)
+        ImageOps.mirror(Image.open(path)).save(mirrored / path.parent.name / f"{path.stem}.png")  # lossless
+    outputs = {}
+    for name, folder, tta in (("plain", split_images / "val", "none"), ("mirror", mirrored, "none"),
+                              ("flip", split_images / "val", "flip")):
+        predict(f"ckpt_path={ckpt}", f"input={folder}", f"output={tmp_path / name}.csv", f"tta={tta}")
+        outputs[name] = np.array([float(r["prediction"]) for r in read_csv(tmp_path / f"{name}.csv")])
+    assert np.abs(outputs["plain"] - outputs["mirror"]).max() > 1e-3  # the mirror image makes a difference
+    np.testing.assert_allclose(outputs["flip"], (outputs["plain"] + outputs["mirror"]) / 2, atol=2e-5)
+
+
+def test_evaluate_reproduces_a_regression_run_in_an_unwrapped_table(regression_run, tmp_path):
+    result = run_module("trainer.evaluate", f"ckpt_path={regression_run / 'checkpoints' / 'best.ckpt'}",
+                        f"output={tmp_path / 'metrics.json'}", cwd=tmp_path, env_extra={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert "validation metrics" in lines  # the title on one line, never split mid-phrase
+    assert "weights: raw (the run kept no EMA)" in lines
+    written = read_json(tmp_path / "metrics.json")["metrics"]
+    row = best_row(regression_run)
+    assert set(written) == {"val/loss", "val/mae", "val/rmse", "val/r2"}
+    for key, value in written.items():
+        assert value == pytest.approx(float(row[key]), abs=1e-6), key

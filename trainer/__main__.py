@@ -29,6 +29,7 @@ def train(cfg: DictConfig) -> float:
     from trainer import build
     from trainer.callbacks import run_callbacks
     from trainer.errors import UserError
+    from trainer.loaders import stop_workers
     from trainer.resume import load_resume_state
 
     log = logging.getLogger("trainer")
@@ -60,22 +61,25 @@ def train(cfg: DictConfig) -> float:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        summary = engine.fit(train_loader, val_loader)
-    except KeyboardInterrupt:
-        log.warning(
-            f"interrupted in epoch {engine.epoch + 1}; checkpoints/last.ckpt holds epoch {engine.epoch}. "
-            f"Continue with: python -m trainer resume={run_dir}"
-        )
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper decides what an interrupted job means for the sweep
-        raise SystemExit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if cfg.task == "classification":
-        from trainer.class_reports import report_best_checkpoint
+        try:
+            summary = engine.fit(train_loader, val_loader)
+        except KeyboardInterrupt:
+            log.warning(
+                f"interrupted in epoch {engine.epoch + 1}; checkpoints/last.ckpt holds epoch {engine.epoch}. "
+                f"Continue with: python -m trainer resume={run_dir}"
+            )
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # the sweeper decides what an interrupted job means for the sweep
+            raise SystemExit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if cfg.task == "classification":
+            from trainer.class_reports import report_best_checkpoint
 
-        report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main,
-                               show=HydraConfig.get().mode != RunMode.MULTIRUN)
+            report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main,
+                                   show=HydraConfig.get().mode != RunMode.MULTIRUN)
+    finally:
+        stop_workers(train_loader, val_loader)  # now, not during the interpreter's teardown
     return summary["best_value"]
 
 
@@ -98,7 +102,13 @@ def main(cfg: DictConfig) -> float:
 def run() -> None:
     """`python -m trainer` and the `trainer` command (the one shell completion works with)."""
     command_line.prepare(sys.argv)
-    main()
+    try:
+        main()
+    finally:
+        if command_line.launched_by_torchrun():
+            from trainer.distributed import close_process_group  # torch, so only under torchrun
+
+            close_process_group()
 
 
 if __name__ == "__main__":

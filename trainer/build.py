@@ -1,5 +1,6 @@
 """Turn a composed config into the parts of a run: checks first, then data, model, loss, optimizer, schedule."""
 
+import logging
 import math
 import os
 import random
@@ -77,9 +78,29 @@ def check_config(cfg: DictConfig) -> None:
     valid = monitor_choices(cfg)
     if cfg.monitor not in valid:
         raise UserError(f"monitor={cfg.monitor} is not produced by this run; choose one of: {', '.join(valid)}")
+    check_smoothing(cfg)
     device = resolve_device(t.device)
     if str(t.precision) == "fp16" and device.type != "cuda":
-        raise UserError("trainer.precision=fp16 needs a CUDA GPU; on the CPU use trainer.precision=bf16 or 32")
+        # torch's CPU autocast does float16 and its GradScaler("cpu") works: allowed, e.g. to try the fp16 path.
+        logging.getLogger("trainer").warning(
+            "warning: trainer.precision=fp16 on the CPU runs (torch's CPU autocast and GradScaler), but most CPUs "
+            "have no fast float16 arithmetic: expect it many times slower than 32; train with bf16 or 32 on the CPU"
+        )
+
+
+def check_smoothing(cfg: DictConfig) -> None:
+    """With mixup/cutmix, data.label_smoothing smooths the mixed targets (timm's Mixup) before the loss, and
+    a loss with its own smoothing would smooth them a second time: refused rather than guessed."""
+    data, loss = cfg.data, cfg.loss
+    if not (data.get("mixup", 0) > 0 or data.get("cutmix", 0) > 0) or not data.get("label_smoothing", 0) > 0:
+        return
+    key = {"ce": "label_smoothing", "label_smoothing": "smoothing"}.get(loss.name)
+    if key is not None and loss[key] > 0:
+        raise UserError(
+            f"data.label_smoothing={data.label_smoothing} smooths the mixup/cutmix targets and loss.{key}={loss[key]} "
+            f"would smooth them again; set data.label_smoothing=0 to keep the loss's smoothing (on training and "
+            f"validation), or loss.{key}=0 to smooth only the mixed training targets"
+        )
 
 
 def monitor_choices(cfg: DictConfig) -> list:
@@ -247,7 +268,7 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
     place = distributed.current_place()
     device = distributed.device_for(place, resolve_device(cfg.trainer.device))
     configure_torch(cfg.trainer.deterministic, device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same on every rank: data split and model initialisation agree
     data = build_data(cfg, device)
     if place.launched:
         if cfg.trainer.on_nonfinite == "skip" and place.world_size > 1:
@@ -265,6 +286,10 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.trainer.compile:
         model = torch.compile(model)
+    if place.rank > 0:
+        # From here on each process draws its own augmentation, dropout and mixup, reproducibly. Rank 0
+        # goes on with the run's seed, so a single-process run draws exactly what it drew before.
+        seed_everything(distributed.rank_seed(cfg.seed, place.rank))
     train_loader, val_loader = training_loaders(cfg, data)
     optimizer, schedule = build_optimization(cfg, model, math.ceil(len(train_loader) / cfg.trainer.accumulate))
     engine = Engine(

@@ -62,6 +62,17 @@ def read_checkpoint(path: str, what: str = "checkpoint") -> Any:
         raise UserError(f"{what} '{path}' is not a readable PyTorch file (truncated or corrupt): {str(err)[:200]}") from None
 
 
+def chosen_by_ema(ckpt: Mapping[str, Any]) -> bool:
+    """Whether the run chose this checkpoint by its EMA weights: it monitored an EMA metric (`val_ema/...`)."""
+    return str(ckpt.get("monitor") or "").startswith("val_ema/") and ckpt.get("ema") is not None
+
+
+def chosen_weights(ckpt: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """The weights a checkpoint was chosen by, which every later use of it runs (evaluate, predict, reports):
+    its EMA when the run monitored an EMA metric, else the raw model."""
+    return ckpt["ema"] if chosen_by_ema(ckpt) else ckpt["model"]
+
+
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Strict load; a mismatch names every missing, unexpected and wrongly shaped key."""
     own = model.state_dict()

@@ -52,7 +52,8 @@ def print_reports(console, y_true: np.ndarray, prob: np.ndarray, class_names: Se
     """Two rich tables on `console`: the per-class report and the confusion matrix."""
     from rich.table import Table
 
-    report = Table(title="per-class report")
+    # min_width: a table narrower than its title (few classes) would wrap the title mid-phrase
+    report = Table(title="per-class report", min_width=len("per-class report") + 4)
     for column in REPORT_COLUMNS:
         report.add_column(column, justify="left" if column == "class" else "right")
     rows = per_class_report(y_true, prob, class_names)
@@ -63,7 +64,8 @@ def print_reports(console, y_true: np.ndarray, prob: np.ndarray, class_names: Se
         )
     console.print(report)
 
-    matrix = Table(title="confusion matrix: rows true, columns predicted")
+    title = "confusion matrix: rows true, columns predicted"
+    matrix = Table(title=title, min_width=len(title) + 4)
     matrix.add_column("true \\ predicted")
     for name in class_names:
         # fold, never cut: a count shown as "…" would be worse than a wrapped one
@@ -139,22 +141,45 @@ def confusion_figure(counts: np.ndarray, class_names: Sequence[str]):
 
 def report_best_checkpoint(engine, loader, run_dir: str, class_names, is_main: bool = True, show: bool = True) -> list:
     """At the end of training: the per-class table and confusion matrix of best.ckpt, printed and written
-    to the run directory (printed only when `show`: a sweep's jobs would bury its table). Every process predicts (validation is gathered across processes); rank 0 writes."""
-    import os
+    to the run directory by rank 0 (printed only when `show`: a sweep's jobs would bury its table).
 
+    They are of the weights best.ckpt was chosen by (`checkpoint.chosen_weights`: the EMA when the monitor
+    is a val_ema/ metric), from the validation outputs the Engine kept when that epoch improved: no new
+    prediction and no file. Only a resumed run without a better epoch since has none; then rank 0 alone
+    reads best.ckpt and sends the chosen weights to the others, who need no shared disk, and all predict.
+    """
     from rich.console import Console
 
-    from trainer.checkpoint import read_checkpoint
-    from trainer.distributed import unwrap
     from trainer.metrics import labels_and_probabilities
 
-    best = os.path.join(run_dir, "checkpoints", "best.ckpt")
-    if not os.path.isfile(best):
+    if not engine.loop.save_checkpoints or engine.best_epoch is None:  # no best.ckpt (fast_dev_run, no finite value)
         return []
-    unwrap(engine.model).load_state_dict(read_checkpoint(best)["model"])
-    y_true, prob = labels_and_probabilities(*engine.predict(loader))
+    outputs = engine.best_outputs
+    if outputs is None:
+        outputs = predict_with_best_weights(engine, loader)
+        if outputs is None:
+            return []
     if not is_main:
         return []
+    y_true, prob = labels_and_probabilities(*outputs)
     if show:
         print_reports(Console(), y_true, prob, class_names)
     return write_reports(run_dir, y_true, prob, class_names)
+
+
+def predict_with_best_weights(engine, loader):
+    """(logits, targets) of best.ckpt's chosen weights, read by rank 0 alone and broadcast; None without the file.
+    Every rank calls this (it holds collectives), and all take rank 0's answer."""
+    from trainer.checkpoint import chosen_weights, read_checkpoint
+    from trainer.distributed import broadcast_from_main, unwrap
+
+    weights = None
+    if engine.place.is_main and engine.files.keeps_checkpoints:
+        path = engine.files.checkpoint_path("best.ckpt")
+        if os.path.isfile(path):
+            weights = chosen_weights(read_checkpoint(path))
+    weights = broadcast_from_main(weights)
+    if weights is None:
+        return None
+    unwrap(engine.model).load_state_dict(weights)  # the run is over: its final weights are in last.ckpt
+    return engine.predict(loader)

@@ -212,7 +212,7 @@ class TrainerSettings:
     max_epochs: int = 30
     accumulate: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "32"  # 32 | bf16 | fp16 (fp16 needs CUDA; a GradScaler is used only for fp16)
+    precision: str = "32"  # 32 | bf16 | fp16 (a GradScaler is used only for fp16; on a CPU fp16 runs, slowly)
     grad_clip_norm: Optional[float] = None
     grad_clip_value: Optional[float] = None
     ema_decay: Optional[float] = None  # e.g. 0.999: also validate an EMA of the weights (val_ema/<metric>)
@@ -255,14 +255,14 @@ class TrainConfig:
 
 @dataclass
 class LrPreviewConfig(TrainConfig):
-    output: str = "lr_schedule.png"
+    output: Optional[str] = None  # the PNG's path; null: lr_schedule.png in the preview's own run directory
 
 
 @dataclass
 class EvaluateConfig:
     ckpt_path: str = MISSING
     device: str = "auto"
-    progress: bool = True
+    progress: bool = True  # accepted for symmetry with training; evaluate draws no progress bar
     output: Optional[str] = None  # JSON path; default: <checkpoint>.metrics.json beside it
 
 
@@ -272,7 +272,7 @@ class PredictConfig:
     input: str = MISSING  # a folder (every image under it), a CSV with a column of paths, or one image
     output: str = "predictions.csv"
     overwrite: bool = False
-    tta: str = "none"  # none | flip (average with the horizontal mirror)
+    tta: str = "none"  # none | flip (average the probabilities, or regression values, with the horizontal mirror's)
     batch_size: int = 64
     num_workers: Optional[int] = None  # null: one loader process per CPU core this process may use
     device: str = "auto"

@@ -19,7 +19,7 @@ from torch import nn
 
 from trainer.batches import loader_batch_sizes
 from trainer.checkpoint import rng_state, set_rng_state
-from trainer.distributed import Place, all_reduce_sum, gather_in_order, unwrap
+from trainer.distributed import Place, all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.errors import UserError
 from trainer.metrics import epoch_metrics, epoch_regression_metrics
 from trainer.run_files import RunFiles
@@ -45,6 +45,12 @@ class LoopSettings:
 
 class NonFiniteLoss(UserError):
     pass
+
+
+# A NaN or infinite training loss is looked for every this many optimizer steps (and at the epoch's end):
+# one host sync (one all-reduce under torchrun) per check, so a long epoch trains at most this many steps
+# on broken weights, and the loop stays free of a sync per step.
+NONFINITE_CHECK_STEPS = 50
 
 
 def accumulation_scales(batch_sizes: Optional[Sequence[int]], num_batches: int, accumulate: int) -> List[float]:
@@ -117,10 +123,11 @@ class Engine:
         self.autocast_dtype = dtype
         self.fp16 = self.loop.precision == "fp16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)  # fp16 only: bf16 and 32 need no scaling
-        if self.mixup is not None:
-            from timm.loss import SoftTargetCrossEntropy
-
-            self.mixup_loss = SoftTargetCrossEntropy()
+        # The GradScaler skips optimizer.step() when the fp16 gradients overflowed, without saying so; the hook
+        # counts the steps really taken, so a skipped one steps neither the schedule nor the EMA (no extra sync).
+        self._optimizer_calls = 0
+        if optimizer is not None:
+            optimizer.register_step_post_hook(self._count_optimizer_call)
         # Progress of the run: all of it goes into checkpoints.
         self.epoch = 0
         self.optimizer_steps = 0
@@ -131,6 +138,11 @@ class Engine:
         self.history: List[Dict[str, float]] = []
         self._train_generator: Optional[torch.Generator] = None  # the training loader's shuffling
         self._resumed_rng: Optional[tuple] = None
+        # Validation outputs (logits, targets) of the last epoch by prefix ("val/", "val_ema/"), and those of
+        # the best epoch's chosen weights (as in best.ckpt), on every rank: the end-of-run report needs no file.
+        self.last_outputs: Dict[str, tuple] = {}
+        self.best_outputs: Optional[tuple] = None
+        self._rank_rng: Optional[list] = None  # every rank's random streams, for rank 0's checkpoints
 
     @property
     def max_epochs(self) -> int:
@@ -161,7 +173,11 @@ class Engine:
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)  # DistributedSampler: a new permutation each epoch
                 lr = self.optimizer.param_groups[0]["lr"]
-                record = {"epoch": epoch, "lr": lr, **self.train_epoch(train_loader, epoch), **self.validate(val_loader)}
+                trained = self.train_epoch(train_loader, epoch)
+                # Each rank updated BatchNorm statistics (and the EMA's) from its own batches: average them, so
+                # that what is validated below is the one model every rank saves and goes on with.
+                average_buffers(self.place, unwrap(self.model), getattr(self.ema, "module", None))
+                record = {"epoch": epoch, "lr": lr, **trained, **self.validate(val_loader)}
                 record["seconds"] = time.perf_counter() - started
                 if self.monitor not in record:
                     raise UserError(f"monitor={self.monitor} was not produced; this run produces: {', '.join(record)}")
@@ -169,11 +185,14 @@ class Engine:
                 improved = is_better(monitored, self.best_value, self.loop.mode, self.loop.min_delta)
                 if improved:
                     self.best_value, self.best_epoch, self.bad_epochs = monitored, epoch, 0
+                    self.best_outputs = self._chosen_outputs()
                 else:
                     self.bad_epochs += 1
                 self.schedule.after_epoch(monitored)
                 self.epoch = epoch
                 self.history.append(record)
+                if self.place.world_size > 1 and self.loop.save_checkpoints:  # each rank resumes its own streams
+                    self._rank_rng = all_gather_objects(self._own_rng(), self.place)
                 self.files.after_epoch(epoch, self.monitor, monitored, self.loop.mode, improved, self.state_dict)
                 self._notify("on_epoch_end", record, improved)
                 if self.loop.patience is not None and self.bad_epochs >= self.loop.patience:
@@ -195,51 +214,59 @@ class Engine:
         self.model.train()
         num_batches, accumulate = len(loader), self.loop.accumulate
         scales = accumulation_scales(loader_batch_sizes(loader), num_batches, accumulate)
-        loss_fn = self.mixup_loss if self.mixup is not None else self.loss_fn
         # Inside an accumulation window DDP need not all-reduce: only the window's last backward does.
         defer_sync = accumulate > 1 and hasattr(self.model, "no_sync")
         # No accuracy for mixed targets or for values (regression).
         steps = StepTotals(count_correct=self.mixup is None and self.target_values is None)
         skip_nonfinite = self.loop.on_nonfinite == "skip"
+        backwards = 0  # micro-batches of the open window that reached backward()
+        windows = 0
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader):
             inputs, targets = self._to_device(inputs, targets)
             loss_targets = targets if self.target_values is None else self.target_values[targets]
-            if self.mixup is not None:
+            if self.mixup is not None:  # soft targets for the configured loss (every loss has a soft form)
                 inputs, loss_targets = self.mixup(inputs, targets)
             closes_window = (i + 1) % accumulate == 0 or i == num_batches - 1
             with self.model.no_sync() if defer_sync and not closes_window else contextlib.nullcontext():
                 with self._autocast():
                     logits = self.model(inputs)
-                    loss = loss_fn(logits, loss_targets)
+                    loss = self.loss_fn(logits, loss_targets)
                 if skip_nonfinite and not torch.isfinite(loss):  # opt-in: one host sync per micro-batch
                     self.skipped_steps += 1
                 else:
                     scaled = loss if scales[i] == 1.0 else loss * scales[i]
                     (self.scaler.scale(scaled) if self.fp16 else scaled).backward()
-            if closes_window:
-                self._optimizer_step()
+                    backwards += 1
             steps.add(loss, logits, targets)  # references only: no kernel, no host sync
+            if closes_window:
+                if backwards:  # a window whose every loss was skipped has no gradient to step with
+                    self._optimizer_step()
+                backwards, windows = 0, windows + 1
+                if not skip_nonfinite and windows % NONFINITE_CHECK_STEPS == 0:
+                    self._check_finite(steps, epoch, num_batches)
             self._notify("on_batch_end", "train")
-        return self._train_record(steps, epoch, skip_nonfinite)
+        return self._train_record(steps, epoch, skip_nonfinite, num_batches)
 
-    def _train_record(self, steps: StepTotals, epoch: int, skip_nonfinite: bool) -> Dict[str, float]:
+    def _check_finite(self, steps: StepTotals, epoch: int, num_batches: int) -> None:
+        """Stop if a loss kept since the last check is NaN or infinite: one sync, one all-reduce (all ranks stop)."""
+        if all_reduce_sum(steps.non_finite_since_check(self.device), self.place).item() > 0:
+            raise NonFiniteLoss(steps.non_finite_report(self.device, epoch, num_batches))
+
+    def _train_record(self, steps: StepTotals, epoch: int, skip_nonfinite: bool, num_batches: int) -> Dict[str, float]:
         """train/loss (the sample-weighted mean of the finite step losses) and train/accuracy of one epoch."""
         step_losses = steps.step_losses(self.device)
         # One reduction per epoch: every rank sees the same totals and takes the same decisions.
         weighted_loss, finite_samples, samples, correct, non_finite = all_reduce_sum(steps.epoch_totals(step_losses), self.place)
         if not skip_nonfinite and non_finite > 0:
-            step = steps.first_non_finite(step_losses)
-            if step is None:
-                raise NonFiniteLoss(f"the training loss became non-finite on another process in epoch {epoch}")
-            raise NonFiniteLoss(
-                f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {step} of {len(step_losses)}; "
-                "lower optimizer.lr, set trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
-            )
+            raise NonFiniteLoss(steps.non_finite_report(self.device, epoch, num_batches))
         record = {"train/loss": (weighted_loss / finite_samples).item()}
         if steps.count_correct:
             record["train/accuracy"] = (correct / samples).item()
         return record
+
+    def _count_optimizer_call(self, optimizer, args, kwargs) -> None:
+        self._optimizer_calls += 1
 
     def _optimizer_step(self) -> None:
         if self.loop.grad_clip_norm is not None or self.loop.grad_clip_value is not None:
@@ -248,12 +275,15 @@ class Engine:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip_norm)
             if self.loop.grad_clip_value is not None:
                 torch.nn.utils.clip_grad_value_(self.model.parameters(), self.loop.grad_clip_value)
+        calls = self._optimizer_calls
         if self.fp16:
             self.scaler.step(self.optimizer)  # skipped if the scaled gradients overflowed
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._optimizer_calls == calls:
+            return  # the GradScaler skipped it: not an optimizer step for the count, the EMA or the schedule
         self.optimizer_steps += 1
         if self.ema is not None:
             self.ema.update(unwrap(self.model), step=self.optimizer_steps)
@@ -275,10 +305,18 @@ class Engine:
 
     @torch.inference_mode()
     def validate(self, loader) -> Dict[str, float]:
-        record = self.score(*self.predict(loader))
+        self.last_outputs = {"val/": self.predict(loader)}
         if self.ema is not None:
-            record.update(self.score(*self.predict(loader, self.ema.module), prefix="val_ema/"))
+            self.last_outputs["val_ema/"] = self.predict(loader, self.ema.module)
+        record = {}
+        for prefix, outputs in self.last_outputs.items():
+            record.update(self.score(*outputs, prefix=prefix))
         return record
+
+    def _chosen_outputs(self) -> tuple:
+        """On the CPU, the last validation outputs of the weights a checkpoint is chosen by (chosen_weights)."""
+        prefix = "val_ema/" if self.monitor.startswith("val_ema/") and "val_ema/" in self.last_outputs else "val/"
+        return tuple(t.cpu() for t in self.last_outputs[prefix])
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor, prefix: str = "val/") -> Dict[str, float]:
         """Loss and metrics of one whole epoch's predictions."""
@@ -315,8 +353,8 @@ class Engine:
             "skipped_steps": self.skipped_steps,
             "top_k": self.files.top_k,
             "history": self.history,
-            "rng": rng_state(),
-            "loader_rng": None if self._train_generator is None else self._train_generator.get_state(),
+            **self._own_rng(),
+            "rank_rng": self._rank_rng,
             **self.run_info,
         }
 
@@ -331,7 +369,13 @@ class Engine:
         for key in ("epoch", "optimizer_steps", "best_value", "best_epoch", "bad_epochs", "skipped_steps", "history"):
             setattr(self, key, state[key])
         self.files.top_k = state["top_k"]
-        self._resumed_rng = (state["rng"], state.get("loader_rng"))
+        ranks = state.get("rank_rng") or []  # a rank the checkpoint lacks (more processes) keeps its fresh seeding
+        own = state if self.place.rank == 0 else ranks[self.place.rank] if len(ranks) == self.place.world_size else None
+        self._resumed_rng = None if own is None else (own["rng"], own.get("loader_rng"))
+
+    def _own_rng(self) -> Dict[str, Any]:
+        return {"rng": rng_state(),
+                "loader_rng": None if self._train_generator is None else self._train_generator.get_state()}
 
     def summary(self, status: str, error: Optional[str] = None) -> Dict[str, Any]:
         summary = {

@@ -1,10 +1,15 @@
 """`python -m trainer.evaluate ckpt_path=<run>/checkpoints/best.ckpt`: the validation metrics of a checkpoint.
 
 Model and data are rebuilt from the config stored in the checkpoint, so the numbers equal those
-recorded for that epoch. Prints the metrics, the per-class report and the confusion matrix, and
-writes beside the checkpoint `<stem>.metrics.json`, `<stem>.per_class.csv|json` and
-`<stem>.confusion_matrix.csv|png` (stem: `best` for best.ckpt).
+recorded for that epoch: val/* of the raw weights and, when the run kept an EMA, val_ema/* of it.
+The per-class report and the confusion matrix are of the weights the checkpoint was chosen by (the
+EMA when the run monitored val_ema/...), which it names. Prints them all, and writes beside the
+checkpoint `<stem>.metrics.json`, `<stem>.per_class.csv|json` and `<stem>.confusion_matrix.csv|png`
+(stem: `best` for best.ckpt).
 """
+
+import sys
+from typing import List
 
 import hydra
 from omegaconf import DictConfig
@@ -24,11 +29,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from omegaconf import OmegaConf
     from rich.console import Console
-    from rich.table import Table
 
     from trainer import build
     from trainer.callbacks import format_value
-    from trainer.checkpoint import load_model_state, read_checkpoint
+    from trainer.checkpoint import chosen_by_ema, load_model_state, read_checkpoint
     from trainer.class_reports import print_reports, write_reports
     from trainer.engine import Engine, LoopSettings
     from trainer.errors import UserError
@@ -64,34 +68,84 @@ def evaluate(cfg: DictConfig) -> dict:
                         channels_last=run_cfg.trainer.get("channels_last", False))
     engine = Engine(build.prepare_model(run_cfg, model, device), loss_fn, None, None, run_cfg.metric.names,
                     device=device, loop=loop, ema=ema, target_values=build.regression_targets(run_cfg, data))
-    # One prediction pass feeds both the metrics (computed as Engine.validate computes them) and the reports.
+    # One prediction pass per set of weights feeds both the metrics (computed as Engine.validate computes
+    # them, so the metrics.csv row is reproduced: val/* raw, val_ema/* EMA) and the reports.
     logits, targets = engine.predict(data.val_loader)
     metrics = engine.score(logits, targets)
     if ema is not None:
-        metrics.update(engine.score(*engine.predict(data.val_loader, ema.module), prefix="val_ema/"))
+        ema_logits, ema_targets = engine.predict(data.val_loader, ema.module)
+        metrics.update(engine.score(ema_logits, ema_targets, prefix="val_ema/"))
+    # The reports describe the weights the checkpoint was chosen by, as every later use of it runs them.
+    uses_ema = chosen_by_ema(ckpt)
+    if uses_ema:
+        logits, targets = ema_logits, ema_targets
+    weights = weights_line(uses_ema, ckpt)
     classification = engine.target_values is None
 
-    print(f"checkpoint: {path}")
-    table = Table(title=f"validation metrics, epoch {ckpt['epoch']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, format_value(value))
+    print(f"checkpoint: {path} (epoch {ckpt['epoch']})")
+    print(f"weights: {weights}")
     console = Console()
-    console.print(table)
+    console.print(metrics_table(metrics, format_value))
     if classification:
         y_true, prob = labels_and_probabilities(logits, targets)
         print_reports(console, y_true, prob, data.class_names)
 
     stem = os.path.splitext(path)[0]
     output = cfg.output or stem + ".metrics.json"
-    result = {"checkpoint": os.path.abspath(path), "epoch": ckpt["epoch"], "metrics": metrics}
+    result = {"checkpoint": os.path.abspath(path), "epoch": ckpt["epoch"], "weights": "ema" if uses_ema else "raw",
+              "metrics": metrics}
     write_json(result, output)
     directory, name = os.path.split(stem)
     reports = write_reports(directory, y_true, prob, data.class_names, prefix=name + ".") if classification else []
     for written in [output, *reports]:
         print(f"written: {written}")
     return result
+
+
+def weights_line(uses_ema: bool, ckpt: dict) -> str:
+    """Which weights the reports (and predict) use, and why: the metric the run chose its checkpoints by."""
+    monitor = ckpt.get("monitor") or "its monitor"
+    if uses_ema:
+        return f"EMA (the run monitored {monitor})"
+    if ckpt.get("ema") is not None:
+        return f"raw, not the EMA (the run monitored {monitor})"
+    return "raw (the run kept no EMA)"
+
+
+def metrics_table(metrics: dict, format_value):
+    from rich.table import Table
+
+    title = "validation metrics"
+    # Wide enough for its title: a narrow table would wrap the title mid-phrase.
+    table = Table(title=title, min_width=len(title) + 4)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, format_value(value))
+    return table
+
+
+def print_command_help(config_name: str, argv: List[str]) -> bool:
+    """`--help` of a command with its own config (evaluate, predict): the header, every setting with its
+    default and comment as conf/<config_name>.yaml states them, and the footer's examples. Hydra's own
+    help would list the trainer's config groups, which these commands do not read, and print the
+    settings without their comments. Reads one YAML file: no torch, no composition."""
+    if not {"--help", "-h"} & set(argv[1:]):
+        return False
+    import os
+
+    from omegaconf import OmegaConf
+
+    path = os.path.join(CONF_DIR, config_name + ".yaml")
+    with open(path) as f:
+        text = f.read()
+    help_cfg = OmegaConf.load(path).hydra.help
+    # The settings are the file's top-level keys but the defaults list and Hydra's own block.
+    settings = [line for line in text.splitlines()
+                if line[:1].isalpha() and not line.startswith(("defaults:", "hydra:"))]
+    print(help_cfg.header.rstrip() + "\n\n== Settings (key=value; ??? = required) ==\n\n" + "\n".join(settings)
+          + "\n\n" + help_cfg.footer.rstrip())
+    return True
 
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base=None)
@@ -101,4 +155,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if not print_command_help("evaluate", sys.argv):
+        main()

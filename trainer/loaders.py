@@ -93,3 +93,16 @@ def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int]
     train = loader_class(train_set, batch_size=batch_size, generator=generator, drop_last=drop_last, **order, **common)
     val = loader_class(val_set, batch_size=batch_size, shuffle=False, **common)
     return train, val
+
+
+def stop_workers(*loaders) -> None:
+    """End the persistent worker processes of these loaders (or of the loaders they wrap) now.
+
+    Left alive, they are stopped by the interpreter's teardown, in whatever order it destroys things;
+    at the end of a multi-process run that is also when the process group goes away.
+    """
+    for loader in loaders:
+        while not isinstance(loader, DataLoader) and hasattr(loader, "loader"):  # LimitedLoader
+            loader = loader.loader
+        if isinstance(loader, DataLoader) and loader.persistent_workers:
+            loader._iterator = None  # its only reference: the iterator's __del__ stops and joins the workers

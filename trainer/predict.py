@@ -1,9 +1,13 @@
 """`python -m trainer.predict ckpt_path=<run>/checkpoints/best.ckpt input=<folder|CSV|image> output=predictions.csv`
 
-One row per image: its path, the predicted class and the probability of every class. Model,
-classes and the evaluation transform come from the checkpoint alone (its stored config, class
-names and weights). `tta=flip` averages the probabilities of each image and its mirror image.
+One row per image: its path, the predicted class and the probability of every class; for a
+`task=regression` checkpoint, its path and the predicted value. Model, classes and the evaluation
+transform come from the checkpoint alone (its stored config, class names and the weights it was
+chosen by: the EMA when the run monitored `val_ema/...`). `tta=flip` averages the probabilities
+(or values) of each image and its mirror image.
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -46,7 +50,7 @@ def predict(cfg: DictConfig) -> str:
     from omegaconf import OmegaConf
 
     from trainer import build, images
-    from trainer.checkpoint import load_model_state, read_checkpoint
+    from trainer.checkpoint import chosen_by_ema, chosen_weights, load_model_state, read_checkpoint
     from trainer.errors import UserError
     from trainer.loaders import available_cpus, seed_worker
     from trainer.models import build_model
@@ -77,24 +81,30 @@ def predict(cfg: DictConfig) -> str:
         worker_init_fn=seed_worker if workers > 0 else None,
     )
 
+    regression = run_cfg.get("task", "classification") == "regression"
     model_cfg = build.plain(run_cfg.model)
     model_cfg["weights"] = None  # the checkpoint holds the weights
     if "pretrained" in model_cfg:
         model_cfg["pretrained"] = False
-    model = build_model(model_cfg, in_chans=data.channels, num_classes=len(class_names))
-    load_model_state(model, ckpt["model"], cfg.ckpt_path)
+    # A regression model has one output, the predicted value; a classifier one logit per class.
+    model = build_model(model_cfg, in_chans=data.channels, num_classes=1 if regression else len(class_names))
+    load_model_state(model, chosen_weights(ckpt), cfg.ckpt_path)
     model.to(device).eval()
 
-    probabilities, failures = [], []
+    def outputs(batch):
+        out = model(batch).float()
+        return out.reshape(-1, 1) if regression else torch.softmax(out, dim=1)
+
+    results, failures = [], []
     with torch.inference_mode():
         for batch, reasons in loader:
             batch = batch.to(device, non_blocking=device.type == "cuda")
-            prob = torch.softmax(model(batch).float(), dim=1)
+            out = outputs(batch)
             if cfg.tta == "flip":
-                prob = (prob + torch.softmax(model(torch.flip(batch, dims=[3])).float(), dim=1)) / 2
-            probabilities.append(prob.cpu())
+                out = (out + outputs(torch.flip(batch, dims=[3]))) / 2
+            results.append(out.cpu())
             failures += list(reasons)
-    prob = torch.cat(probabilities).numpy()
+    results = torch.cat(results).numpy()
 
     unreadable = [i for i, reason in enumerate(failures) if reason]
     if unreadable:
@@ -104,8 +114,15 @@ def predict(cfg: DictConfig) -> str:
                             "Remove or replace them, or set skip_bad_files=true to leave them out")
         print(f"warning: left out {len(unreadable)} image file(s) that could not be decoded, the first: {first}")
     keep = [i for i in range(len(paths)) if not failures[i]]
-    write_predictions(cfg.output, path_header, [shown[i] for i in keep], prob[keep], class_names)
-    print(f"written: {cfg.output} ({len(keep)} images, {len(class_names)} classes, tta={cfg.tta})")
+    names = [shown[i] for i in keep]
+    if regression:
+        write_rows(cfg.output, [path_header, "prediction"], ([n, f"{v:.6g}"] for n, v in zip(names, results[keep, 0])))
+        what = "predicted values"
+    else:
+        write_predictions(cfg.output, path_header, names, results[keep], class_names)
+        what = f"{len(class_names)} classes"
+    weights = f", EMA weights: the run monitored {ckpt['monitor']}" if chosen_by_ema(ckpt) else ""
+    print(f"written: {cfg.output} ({len(keep)} images, {what}, tta={cfg.tta}{weights})")
     return cfg.output
 
 
@@ -159,23 +176,28 @@ class PredictionInputs:
 
 
 def write_predictions(path: str, path_header: str, names, prob, class_names) -> None:
+    """One row per image: its name, the most probable class and every class's probability."""
+    columns = list(class_names)
+    if set(columns) & {path_header, "prediction"}:  # a class called "path" would hide a column
+        columns = [f"prob_{name}" for name in class_names]
+    rows = ([name, class_names[int(row.argmax())], *(f"{p:.6g}" for p in row)] for name, row in zip(names, prob))
+    write_rows(path, [path_header, "prediction", *columns], rows)
+
+
+def write_rows(path: str, header, rows) -> None:
     """Written to a temporary file and renamed into place: never a half-written predictions file."""
     import csv
     import os
     import tempfile
 
-    columns = list(class_names)
-    if set(columns) & {path_header, "prediction"}:  # a class called "path" would hide a column
-        columns = [f"prob_{name}" for name in class_names]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
     try:
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow([path_header, "prediction", *columns])
-            for name, row in zip(names, prob):
-                writer.writerow([name, class_names[int(row.argmax())], *(f"{p:.6g}" for p in row)])
+            writer.writerow(header)
+            writer.writerows(rows)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -190,4 +212,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from trainer.evaluate import print_command_help
+
+    if not print_command_help("predict", sys.argv):
+        main()
