@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import trainer.engine as engine_module
-from trainer.batches import loader_batch_sizes
-from trainer.engine import LoopSettings, Engine, accumulation_scales, is_better
+from trainer.batches import accumulation_scales, loader_batch_sizes
+from trainer.engine import LoopSettings, Engine, is_better
 from trainer.optim import Schedule
 
 NUM_FEATURES, NUM_CLASSES = 6, 3

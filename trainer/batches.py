@@ -1,8 +1,8 @@
-"""Batches ahead of time: the sizes a loader will yield, and the loader wrappers of the debugging controls
+"""Batches ahead of time: the sizes a loader will yield (and so the exact accumulation scales), and the loader wrappers of the debugging controls
 (fewer batches, or the same few batches over and over)."""
 
 import math
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from trainer.errors import UserError
 
@@ -20,6 +20,24 @@ def batch_count(limit: Any, available: int, key: str) -> int:
     if limit < 1:
         raise UserError(f"{key}={limit} is not valid; use an integer >= 1 (batches) or a float in (0, 1] (a share)")
     return min(limit, available)
+
+
+def accumulation_scales(batch_sizes: Optional[Sequence[int]], num_batches: int, accumulate: int) -> List[float]:
+    """The factor each micro-batch's mean loss is multiplied by before backward().
+
+    Micro-batches are grouped into windows of `accumulate` (the last window may be shorter). With the
+    batch sizes known, each loss is weighted by its share of the window's samples, so a window's
+    gradient equals that of one batch made of all its samples, the uneven last batch included.
+    """
+    scales = []
+    for start in range(0, num_batches, accumulate):
+        window = range(start, min(start + accumulate, num_batches))
+        if batch_sizes is None:
+            scales += [1.0 / len(window)] * len(window)
+        else:
+            total = sum(batch_sizes[i] for i in window)
+            scales += [batch_sizes[i] / total for i in window]
+    return scales
 
 
 def loader_batch_sizes(loader) -> Optional[List[int]]:

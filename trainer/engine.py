@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from trainer.batches import loader_batch_sizes
+from trainer.batches import accumulation_scales, loader_batch_sizes
 from trainer.checkpoint import rng_state, set_rng_state
 from trainer.distributed import Place, all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.errors import UserError
@@ -51,24 +51,6 @@ class NonFiniteLoss(UserError):
 # one host sync (one all-reduce under torchrun) per check, so a long epoch trains at most this many steps
 # on broken weights, and the loop stays free of a sync per step.
 NONFINITE_CHECK_STEPS = 50
-
-
-def accumulation_scales(batch_sizes: Optional[Sequence[int]], num_batches: int, accumulate: int) -> List[float]:
-    """The factor each micro-batch's mean loss is multiplied by before backward().
-
-    Micro-batches are grouped into windows of `accumulate` (the last window may be shorter). With the
-    batch sizes known, each loss is weighted by its share of the window's samples, so a window's
-    gradient equals that of one batch made of all its samples, the uneven last batch included.
-    """
-    scales = []
-    for start in range(0, num_batches, accumulate):
-        window = range(start, min(start + accumulate, num_batches))
-        if batch_sizes is None:
-            scales += [1.0 / len(window)] * len(window)
-        else:
-            total = sum(batch_sizes[i] for i in window)
-            scales += [batch_sizes[i] / total for i in window]
-    return scales
 
 
 def is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
