@@ -1,5 +1,5 @@
-"""Batches ahead of time: the sizes a loader will yield (and so the exact accumulation scales), and the loader wrappers of the debugging controls
-(fewer batches, or the same few batches over and over)."""
+"""Batches ahead of time: the sizes a loader will yield (and so the exact accumulation scales), and the
+loader wrappers of the debugging controls (fewer batches, or the same few batches over and over)."""
 
 import math
 from typing import Any, List, Optional, Sequence
