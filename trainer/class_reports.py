@@ -50,10 +50,9 @@ def confusion(y_true: np.ndarray, prob: np.ndarray) -> np.ndarray:
 # --- the console -----------------------------------------------------------------------------
 def print_reports(console, y_true: np.ndarray, prob: np.ndarray, class_names: Sequence[str]) -> None:
     """Two rich tables on `console`: the per-class report and the confusion matrix."""
-    from rich.table import Table
+    from trainer.tables import titled_table
 
-    # min_width: a table narrower than its title (few classes) would wrap the title mid-phrase
-    report = Table(title="per-class report", min_width=len("per-class report") + 4)
+    report = titled_table("per-class report")
     for column in REPORT_COLUMNS:
         report.add_column(column, justify="left" if column == "class" else "right")
     rows = per_class_report(y_true, prob, class_names)
@@ -64,8 +63,7 @@ def print_reports(console, y_true: np.ndarray, prob: np.ndarray, class_names: Se
         )
     console.print(report)
 
-    title = "confusion matrix: rows true, columns predicted"
-    matrix = Table(title=title, min_width=len(title) + 4)
+    matrix = titled_table("confusion matrix: rows true, columns predicted")
     matrix.add_column("true \\ predicted")
     for name in class_names:
         # fold, never cut: a count shown as "…" would be worse than a wrapped one

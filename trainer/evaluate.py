@@ -113,11 +113,9 @@ def weights_line(uses_ema: bool, ckpt: dict) -> str:
 
 
 def metrics_table(metrics: dict, format_value):
-    from rich.table import Table
+    from trainer.tables import titled_table
 
-    title = "validation metrics"
-    # Wide enough for its title: a narrow table would wrap the title mid-phrase.
-    table = Table(title=title, min_width=len(title) + 4)
+    table = titled_table("validation metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():

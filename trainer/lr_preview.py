@@ -46,10 +46,10 @@ def preview(cfg: DictConfig) -> list:
 
     import torch
     from rich.console import Console
-    from rich.table import Table
 
     from trainer import build
     from trainer.callbacks import format_value
+    from trainer.tables import titled_table
 
     build.check_config(cfg)
     build.seed_everything(cfg.seed)
@@ -61,7 +61,7 @@ def preview(cfg: DictConfig) -> list:
     if all(len(set(lrs)) == 1 for _, _, lrs in rows):  # groups differ only in weight decay: one column
         rows = [(epoch, step, lrs[:1]) for epoch, step, lrs in rows]
 
-    table = Table(title=f"scheduler={cfg.scheduler.name}: learning rate at the start of each epoch")
+    table = titled_table(f"scheduler={cfg.scheduler.name}: learning rate at the start of each epoch")
     table.add_column("epoch", justify="right")
     groups = len(rows[0][2])
     for g in range(groups):

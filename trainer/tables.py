@@ -14,6 +14,12 @@ from trainer.sweep_summary import JobResult, SeedGroup, varying_keys
 STATUS_STYLE = {"completed": "green", "stopped_early": "green", "interrupted": "yellow", "failed": "red", "missing": "red"}
 
 
+def titled_table(title: str, **options) -> Table:
+    """A rich Table at least as wide as its title: a table narrower than its title (few columns, short
+    values) would wrap the title mid-phrase."""
+    return Table(title=title, min_width=len(title) + 4, **options)
+
+
 def make_console() -> Console:
     """Rich's console; piped output (a log, CI) gets 160 columns rather than 80, so tables keep one line per row."""
     if sys.stdout.isatty() or "COLUMNS" in os.environ:
@@ -54,7 +60,7 @@ def value_header(monitors: Sequence[Optional[str]], modes: Sequence[Optional[str
 def sweep_table(ranked: Sequence[JobResult], title: str) -> Table:
     keys = varying_keys([job.overrides for job in ranked])
     header = value_header([j.monitor for j in ranked], [j.mode for j in ranked])
-    table = Table(title=title, caption=common_caption([j.overrides for j in ranked], keys))
+    table = titled_table(title, caption=common_caption([j.overrides for j in ranked], keys))
     table.add_column("#", justify="right")
     table.add_column("job", justify="right")
     for key in keys:
@@ -80,7 +86,7 @@ def sweep_table(ranked: Sequence[JobResult], title: str) -> Table:
 def seeds_table(groups: Sequence[SeedGroup]) -> Table:
     keys = varying_keys([g.overrides for g in groups]) if len(groups) > 1 else list(groups[0].overrides)
     header = value_header([g.monitor for g in groups], [g.mode for g in groups]) or "best"
-    table = Table(title=f"over seeds: mean and sample std of {header}")
+    table = titled_table(f"over seeds: mean and sample std of {header}")
     table.add_column("#", justify="right")
     for key in keys:
         table.add_column(key)
@@ -97,7 +103,7 @@ def run_table(rows: Sequence[Dict[str, float]], summary: Dict[str, Any], monitor
     """One row per epoch as in metrics.csv; the best epoch in bold with a star."""
     best_epoch = summary.get("best_epoch")
     keys = [key for key in (rows[0] if rows else {}) if key != "epoch"]
-    table = Table(title=title)
+    table = titled_table(title)
     table.add_column("epoch", justify="right")
     for key in keys:
         table.add_column(key + (" *" if key == monitor else ""), justify="right")
