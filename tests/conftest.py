@@ -57,6 +57,23 @@ def trained_run(tmp_path_factory):
     return run_dir
 
 
+def schedule_rates(optimizer, schedule, epochs: int, steps_per_epoch: int, monitored: float = 0.0) -> list:
+    """The learning rate of every optimizer step of `epochs` epochs, the schedule stepped as Engine.fit and
+    train_epoch step it (after each optimizer step, and after each epoch with the monitored value)."""
+    import warnings
+
+    rates = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for _ in range(epochs):
+            for _ in range(steps_per_epoch):
+                rates.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                schedule.after_optimizer_step()
+            schedule.after_epoch(monitored)
+    return rates
+
+
 def compose_train(*overrides: str):
     """The real train config, composed in-process with Hydra (no run directory, no subprocess)."""
     from hydra import compose, initialize_config_dir

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import read_csv, run_module
+from conftest import read_csv, run_module, schedule_rates
 from trainer.optim import SCHEDULERS
 from trainer.registry import build, schema_defaults
 
@@ -24,16 +24,7 @@ def make(name, *, max_epochs, steps_per_epoch, **options):
 
 def run(optimizer, schedule, epochs, steps_per_epoch):
     """The rate of every optimizer step, the schedule stepped as Engine.fit and train_epoch step it."""
-    rates = []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-        for _ in range(epochs):
-            for _ in range(steps_per_epoch):
-                rates.append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                schedule.after_optimizer_step()
-            schedule.after_epoch(0.5)
-    return rates
+    return schedule_rates(optimizer, schedule, epochs, steps_per_epoch, monitored=0.5)
 
 
 def per_epoch(rates, steps_per_epoch):

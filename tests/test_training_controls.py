@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import compose_train, read_csv, read_json
+from conftest import compose_train, read_csv, read_json, schedule_rates
 from trainer import build
 from trainer.errors import UserError
 from trainer.lr_preview import schedule_lrs
@@ -32,23 +32,13 @@ def test_cosine_spans_the_run_after_a_linear_warmup():
 
 def schedule_run(cfg, steps_per_epoch, epochs, start=None):
     """Learning rate at each optimizer step of `epochs` epochs, optionally continuing from saved states."""
-    import warnings
-
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
     optimizer, schedule = build.build_optimization(cfg, model, steps_per_epoch)
     if start is not None:
         optimizer.load_state_dict(start[0])
         schedule.load_state_dict(start[1])
-    lrs = []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-        for _ in range(epochs):
-            for _ in range(steps_per_epoch):
-                lrs.append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                schedule.after_optimizer_step()
-            schedule.after_epoch(0.0)
+    lrs = schedule_rates(optimizer, schedule, epochs, steps_per_epoch)
     return lrs, (optimizer.state_dict(), schedule.state_dict())
 
 
