@@ -304,6 +304,29 @@ def print_help(argv: List[str]) -> bool:
     return True
 
 
+def print_command_help(config_name: str, argv: List[str]) -> bool:
+    """`--help` of a command with its own config (evaluate, predict): the header, every setting with its
+    default and comment as conf/<config_name>.yaml states them, and the footer's examples. Hydra's own
+    help would list the trainer's config groups, which these commands do not read, and print the
+    settings without their comments. Reads one YAML file: no torch, no composition."""
+    if not {"--help", "-h"} & set(argv[1:]):
+        return False
+    from omegaconf import OmegaConf
+
+    from trainer.config import CONF_DIR
+
+    path = os.path.join(CONF_DIR, config_name + ".yaml")
+    with open(path) as f:
+        text = f.read()
+    help_cfg = OmegaConf.load(path).hydra.help
+    # The settings are the file's top-level keys but the defaults list and Hydra's own block.
+    settings = [line for line in text.splitlines()
+                if line[:1].isalpha() and not line.startswith(("defaults:", "hydra:"))]
+    print(help_cfg.header.rstrip() + "\n\n== Settings (key=value; ??? = required) ==\n\n" + "\n".join(settings)
+          + "\n\n" + help_cfg.footer.rstrip())
+    return True
+
+
 def refuse(problem: Optional[str]) -> None:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

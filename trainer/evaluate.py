@@ -9,11 +9,11 @@ checkpoint `<stem>.metrics.json`, `<stem>.per_class.csv|json` and `<stem>.confus
 """
 
 import sys
-from typing import List
 
 import hydra
 from omegaconf import DictConfig
 
+from trainer.command_line import print_command_help
 from trainer.config import CONF_DIR, register_configs
 from trainer.errors import reported_as_exit
 
@@ -121,29 +121,6 @@ def metrics_table(metrics: dict, format_value):
     for key, value in metrics.items():
         table.add_row(key, format_value(value))
     return table
-
-
-def print_command_help(config_name: str, argv: List[str]) -> bool:
-    """`--help` of a command with its own config (evaluate, predict): the header, every setting with its
-    default and comment as conf/<config_name>.yaml states them, and the footer's examples. Hydra's own
-    help would list the trainer's config groups, which these commands do not read, and print the
-    settings without their comments. Reads one YAML file: no torch, no composition."""
-    if not {"--help", "-h"} & set(argv[1:]):
-        return False
-    import os
-
-    from omegaconf import OmegaConf
-
-    path = os.path.join(CONF_DIR, config_name + ".yaml")
-    with open(path) as f:
-        text = f.read()
-    help_cfg = OmegaConf.load(path).hydra.help
-    # The settings are the file's top-level keys but the defaults list and Hydra's own block.
-    settings = [line for line in text.splitlines()
-                if line[:1].isalpha() and not line.startswith(("defaults:", "hydra:"))]
-    print(help_cfg.header.rstrip() + "\n\n== Settings (key=value; ??? = required) ==\n\n" + "\n".join(settings)
-          + "\n\n" + help_cfg.footer.rstrip())
-    return True
 
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base=None)

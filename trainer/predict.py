@@ -12,6 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from trainer.command_line import print_command_help
 from trainer.config import CONF_DIR, register_configs
 from trainer.errors import reported_as_exit
 
@@ -212,7 +213,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from trainer.evaluate import print_command_help
-
     if not print_command_help("predict", sys.argv):
         main()
