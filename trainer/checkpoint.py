@@ -62,9 +62,14 @@ def read_checkpoint(path: str, what: str = "checkpoint") -> Any:
         raise UserError(f"{what} '{path}' is not a readable PyTorch file (truncated or corrupt): {str(err)[:200]}") from None
 
 
+def monitors_ema(monitor: str) -> bool:
+    """A run whose monitor is an EMA metric (`val_ema/...`) chooses its checkpoints by the EMA weights."""
+    return monitor.startswith("val_ema/")
+
+
 def chosen_by_ema(ckpt: Mapping[str, Any]) -> bool:
-    """Whether the run chose this checkpoint by its EMA weights: it monitored an EMA metric (`val_ema/...`)."""
-    return str(ckpt.get("monitor") or "").startswith("val_ema/") and ckpt.get("ema") is not None
+    """Whether the run chose this checkpoint by its EMA weights: it monitored an EMA metric and kept an EMA."""
+    return monitors_ema(str(ckpt.get("monitor") or "")) and ckpt.get("ema") is not None
 
 
 def chosen_weights(ckpt: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:

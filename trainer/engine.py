@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trainer.batches import accumulation_scales, loader_batch_sizes
-from trainer.checkpoint import rng_state, set_rng_state
+from trainer.checkpoint import monitors_ema, rng_state, set_rng_state
 from trainer.distributed import Place, all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.errors import UserError
 from trainer.metrics import epoch_metrics, epoch_regression_metrics
@@ -297,7 +297,7 @@ class Engine:
 
     def _chosen_outputs(self) -> tuple:
         """On the CPU, the last validation outputs of the weights a checkpoint is chosen by (chosen_weights)."""
-        prefix = "val_ema/" if self.monitor.startswith("val_ema/") and "val_ema/" in self.last_outputs else "val/"
+        prefix = "val_ema/" if monitors_ema(self.monitor) and "val_ema/" in self.last_outputs else "val/"
         return tuple(t.cpu() for t in self.last_outputs[prefix])
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor, prefix: str = "val/") -> Dict[str, float]:
