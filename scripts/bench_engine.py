@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.callbacks import EpochLog, RichProgress  # noqa: E402
-from trainer.engine import Engine, LoopSettings  # noqa: E402
-from trainer.models import build_model  # noqa: E402
-from trainer.optim import Schedule  # noqa: E402
-from trainer.registry import schema_defaults  # noqa: E402
+from trainer.config.registry import schema_defaults  # noqa: E402
+from trainer.engine.loop import Engine, LoopSettings  # noqa: E402
+from trainer.optim.schedules import Schedule  # noqa: E402
+from trainer.parts.models import build_model  # noqa: E402
+from trainer.reporting.callbacks import EpochLog, RichProgress  # noqa: E402
 
 WORKLOADS = {
     # name: (model factory, image size, channels, classes, train images, val images, batch size)

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from make_digit_images import write_class_folders  # noqa: E402
-from trainer.data import DATASETS  # noqa: E402
-from trainer.images import find_problems, images_under  # noqa: E402
-from trainer.loaders import available_cpus  # noqa: E402
-from trainer.registry import build, schema_defaults  # noqa: E402
+from trainer.config.registry import build, schema_defaults  # noqa: E402
+from trainer.data.datasets import DATASETS  # noqa: E402
+from trainer.data.images import find_problems, images_under  # noqa: E402
+from trainer.data.loaders import available_cpus  # noqa: E402
 
 
 def epoch_rate(loader) -> float:

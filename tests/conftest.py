@@ -78,7 +78,7 @@ def compose_train(*overrides: str):
     """The real train config, composed in-process with Hydra (no run directory, no subprocess)."""
     from hydra import compose, initialize_config_dir
 
-    from trainer.config import register_configs
+    from trainer.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(str(REPO / "conf"), version_base=None):

@@ -2,7 +2,7 @@
 
     [torchrun --nproc_per_node=N] tests/rank_draws.py OUT_DIR OVERRIDE...
 
-Builds the run's parts with trainer.build.assemble, exactly as `python -m trainer` does, and saves
+Builds the run's parts with trainer.run.assembly.assemble, exactly as `python -m trainer` does, and saves
 OUT_DIR/rank<R>.pt. Run by tests/test_distributed.py.
 """
 
@@ -13,8 +13,10 @@ import torch
 import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
-from trainer import build, distributed
-from trainer.config import CONF_DIR, register_configs
+from trainer.run import assembly
+
+from trainer.config.schema import CONF_DIR, register_configs
+from trainer.engine import distributed
 
 
 def main(out_dir: str, overrides) -> None:
@@ -22,7 +24,7 @@ def main(out_dir: str, overrides) -> None:
     register_configs()
     with initialize_config_dir(CONF_DIR, version_base=None):
         cfg = compose("train", overrides=["progress=false", *overrides])
-    engine, train_loader, _ = build.assemble(cfg, None)
+    engine, train_loader, _ = assembly.assemble(cfg, None)
     inputs, _ = next(iter(train_loader))
     model = distributed.unwrap(engine.model).train()
     # the same input on every rank, made without touching the global random streams

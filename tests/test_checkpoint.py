@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import trainer.checkpoint as checkpoint_module
-from trainer.checkpoint import (chosen_by_ema, chosen_weights, load_model_state, read_checkpoint, rng_state, save_checkpoint,
+import trainer.checkpointing.checkpoint as checkpoint_module
+from trainer.checkpointing.checkpoint import (chosen_by_ema, chosen_weights, load_model_state, read_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
 from trainer.errors import UserError
 

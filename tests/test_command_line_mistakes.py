@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -67,8 +66,8 @@ def test_valid_keys_of_every_heading_are_accepted(cli):
 
 
 def test_keys_of_a_sweepers_search_space_or_hydra_are_left_to_them():
-    from trainer.command_line import chosen_options, command_line_overrides, unknown_keys_problem
-    from trainer.config import CONF_DIR
+    from trainer.config.schema import CONF_DIR
+    from trainer.run.command_line import chosen_options, command_line_overrides, unknown_keys_problem
 
     argv = ["trainer", "-m", "hparams_search=optuna", "loss.gamma=1", "hydra.sweeper.n_trials=3", "+hydra.foo=1"]
     assert chosen_options(command_line_overrides(argv), CONF_DIR)["loss"] is None  # the search space picks it
@@ -104,21 +103,18 @@ def test_pretrained_weights_offline_fail_fast_in_one_line(tmp_path, env, phrases
             run_env.pop(key, None)
         else:
             run_env[key] = value
-    started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "trainer", "model=timm", "model.name=resnet18", "model.pretrained=true",
                              f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=run_env, capture_output=True,
                             text=True, timeout=300)
-    seconds = time.monotonic() - started
     assert_one_line_refusal(result, "pretrained weights for 'resnet18'", "not in the local cache", "model.weights=", *phrases)
     assert "Retrying" not in result.stdout + result.stderr
-    # About 9 s on a quiet machine, imports and the digits data included, where huggingface_hub's retries
-    # took 52 s; the bound leaves room for a busy one (the builder's own time is tested below, tighter).
-    assert seconds < 40, seconds
+    # No wall-clock bound here (imports and data dominate, and a busy machine stretches them): the builder's
+    # own time, where huggingface_hub's retries would show, is checked below.
 
 
 BUILD_PRETRAINED = """
 import json, sys, time
-from trainer.models import timm_model
+from trainer.parts.models import timm_model
 started = time.monotonic()
 try:
     model = timm_model("resnet18", True, None, 0.0, in_chans=1, num_classes=10)
@@ -142,7 +138,9 @@ def build_pretrained(tmp_path, **env):
 def test_the_builder_gives_up_at_once_when_the_hub_cannot_be_reached(tmp_path):
     outcome, result = build_pretrained(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens on port 9
     assert not outcome["built"] and "model.weights=" in outcome["error"]
-    assert outcome["seconds"] < 8, outcome  # the probe (connection refused) and a cache lookup; no retries
+    # the probe (connection refused) and a cache lookup: about 1 s on a quiet machine; huggingface_hub's
+    # retries took 52 s, so the bound catches them and leaves room for a busy machine
+    assert outcome["seconds"] < 40, outcome
     assert "Retrying" not in result.stderr
 
 
@@ -177,7 +175,7 @@ def test_slurm_launcher_without_slurm_is_one_line(cli, tmp_path):
 
 
 def test_slurm_check_passes_where_slurm_is(tmp_path, monkeypatch):
-    from trainer.command_line import slurm_problem
+    from trainer.run.command_line import slurm_problem
 
     for command in ("sbatch", "srun"):
         (tmp_path / command).write_text("#!/bin/sh\n")
@@ -222,7 +220,7 @@ def no_gpu_env(tmp_path) -> dict:
 
 
 def test_the_cuda_home_notice_is_dropped_and_nothing_else(tmp_path):
-    code = ("import logging, trainer.models, torch.utils.cpp_extension\n"
+    code = ("import logging, trainer.parts.models, torch.utils.cpp_extension\n"
             "logging.getLogger('torch.utils.cpp_extension').warning('another warning stays')\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=no_gpu_env(tmp_path), capture_output=True,
                             text=True, timeout=120)
@@ -253,7 +251,8 @@ def write_sweep(root, values, monitor):
 
 REPORT_AXES = """
 import json, sys
-from trainer import plots, report
+from trainer import report
+from trainer.reporting import plots
 axes = {}
 save = plots.save_figure
 def recording(fig, path):
@@ -282,8 +281,8 @@ def test_sweep_picture_axis_stays_within_the_metric_bounds(tmp_path, monitor, va
 
 
 def test_every_classification_metric_is_known_to_be_bounded():
-    from trainer.metrics import METRICS, REGRESSION_METRICS
-    from trainer.plots import metric_bounds
+    from trainer.evaluation.metrics import METRICS, REGRESSION_METRICS
+    from trainer.reporting.plots import metric_bounds
 
     assert all(metric_bounds(f"val/{name}") == (0.0, 1.0) for name in METRICS.names())
     assert {name: metric_bounds(f"val/{name}") for name in REGRESSION_METRICS.names()} == {
@@ -293,7 +292,7 @@ def test_every_classification_metric_is_known_to_be_bounded():
 # --- builders ---------------------------------------------------------------------------------------
 def test_model_builders_state_no_defaults():
     """Every default is stated once, in the schema (trainer/config.py); a builder only takes what it is given."""
-    from trainer.models import MODELS, SmallCNN, timm_model
+    from trainer.parts.models import MODELS, SmallCNN, timm_model
 
     for builder in [MODELS.get(name) for name in MODELS.names()] + [timm_model, SmallCNN.__init__]:
         defaults = [p.name for p in inspect.signature(builder).parameters.values() if p.default is not inspect.Parameter.empty]
@@ -303,8 +302,8 @@ def test_model_builders_state_no_defaults():
 def test_built_in_cnn_builds_from_the_schema_defaults():
     import torch
 
-    from trainer.models import build_model
-    from trainer.registry import schema_defaults
+    from trainer.config.registry import schema_defaults
+    from trainer.parts.models import build_model
 
     model = build_model(schema_defaults("model", "cnn"), in_chans=1, num_classes=10)
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

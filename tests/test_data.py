@@ -11,15 +11,15 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from image_files import digit_image, not_an_image, truncate, write_csv, write_csv_dataset, write_image_folder
-from trainer import build
-from trainer.data import DATASETS
-from trainer.data import digits as digits_builder
+from trainer.config.registry import build as build_part
+from trainer.config.registry import schema_defaults
+from trainer.data.datasets import DATASETS
+from trainer.data.datasets import digits as digits_builder
+from trainer.data.images import load_image
+from trainer.data.loaders import balanced_sampler
+from trainer.data.transforms import eval_transform, resolve_input, train_transform
 from trainer.errors import UserError
-from trainer.images import load_image
-from trainer.loaders import balanced_sampler
-from trainer.registry import build as build_part
-from trainer.registry import schema_defaults
-from trainer.transforms import eval_transform, resolve_input, train_transform
+from trainer.run import assembly, checks
 
 SMALL = dict(image_size=16, num_workers=0, batch_size=8)
 
@@ -186,12 +186,12 @@ def test_class_fraction_composes_from_the_command_line():
     from hydra import compose, initialize_config_dir
 
     from conftest import REPO
-    from trainer.config import register_configs
+    from trainer.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("train", overrides=["data.class_fraction={3:0.1,5:0.1}", "data.sampler=balanced"])
-    data = build_part(DATASETS, build.plain(cfg.data), seed=cfg.seed)
+    data = build_part(DATASETS, checks.plain(cfg.data), seed=cfg.seed)
     assert Counter(data.train_labels.tolist())[3] < 20
     assert data.train_loader.sampler.__class__.__name__ == "WeightedRandomSampler"
 
@@ -228,8 +228,8 @@ def test_skip_bad_files_leaves_them_out_with_a_count(tmp_path, caplog):
 
 def test_unreadable_image_in_a_worker_names_the_file(tmp_path):
     """A file the up-front check cannot catch fails in a worker process: one message, no traceback."""
-    from trainer.images import ImageFiles
-    from trainer.loaders import ImageLoader
+    from trainer.data.images import ImageFiles
+    from trainer.data.loaders import ImageLoader
 
     good = write_image_folder(tmp_path, classes=[0], per_class=3)["0"]
     bad = tmp_path / "bad.png"
@@ -261,7 +261,7 @@ def test_normalise_config_makes_paths_absolute_and_fills_input_settings(monkeypa
         "data": {"name": "csv", "csv": "data/train.csv", "val_csv": None, "image_dir": "~/pics", "channels": 1,
                  "image_size": None, "mean": None, "std": [0.2], "interpolation": None, "crop_pct": None},
     })
-    build.normalise_config(cfg)
+    checks.normalise_config(cfg)
     assert cfg.data.csv == str(tmp_path / "data" / "train.csv") and cfg.data.val_csv is None
     assert cfg.data.image_dir.startswith("/") and "~" not in cfg.data.image_dir
     assert cfg.data.image_size == 224 and cfg.data.interpolation == "bicubic" and cfg.data.std == [0.2]
@@ -269,7 +269,7 @@ def test_normalise_config_makes_paths_absolute_and_fills_input_settings(monkeypa
 
 
 def test_large_jpegs_are_decoded_at_a_reduced_size_that_keeps_what_the_transform_uses(tmp_path):
-    from trainer.transforms import decode_size
+    from trainer.data.transforms import decode_size
 
     photo = digit_image(7, (512, 384), "RGB")
     photo.save(tmp_path / "photo.jpg")
@@ -293,9 +293,9 @@ def test_mixup_trains_through_the_engine(folder, tmp_path):
 
     cfg = compose_train("data=image_folder", f"data.root={folder}", "data.mixup=0.8", "data.cutmix=1.0",
                         "data.batch_size=8", "data.num_workers=0", "data.image_size=16", "trainer.max_epochs=2")
-    build.check_config(cfg)
-    build.normalise_config(cfg)
-    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
+    checks.check_config(cfg)
+    checks.normalise_config(cfg)
+    engine, train_loader, val_loader = assembly.assemble(cfg, run_dir=str(tmp_path))
     assert engine.mixup is not None
     seen = []
     original = engine.loss_fn.forward

@@ -5,9 +5,9 @@ import pytest
 
 from conftest import read_json
 from image_files import digit_image, not_an_image, truncate, write_csv, write_csv_dataset, write_image_folder
-from trainer.data import DATASETS
+from trainer.config.registry import schema_defaults
+from trainer.data.datasets import DATASETS
 from trainer.errors import UserError
-from trainer.registry import schema_defaults
 
 SMALL = dict(image_size=16, num_workers=0, batch_size=8, seed=0)
 
@@ -132,7 +132,7 @@ def assert_refused(result, *parts):
 def test_cli_requires_the_data_location(cli, tmp_path):
     from omegaconf import OmegaConf
 
-    from trainer.build import normalise_config
+    from trainer.run.assembly import normalise_config
 
     assert_refused(cli("trainer", "data=image_folder", f"hydra.run.dir={tmp_path / 'run'}"), "data.root is required")
     cfg = OmegaConf.create({"data": {"name": "csv", "csv": "???"}, "model": {"name": "cnn"}})

@@ -11,10 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import read_csv, read_json
-from trainer.checkpoint import save_checkpoint
-from trainer.class_reports import report_best_checkpoint
-from trainer.engine import Engine, LoopSettings
-from trainer.optim import Schedule
+from trainer.checkpointing.checkpoint import save_checkpoint
+from trainer.engine.loop import Engine, LoopSettings
+from trainer.optim.schedules import Schedule
+from trainer.run.end_of_run import report_best_checkpoint
 
 NAMES = ["a", "b", "c"]
 

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import trainer.engine as engine_module
-from trainer.batches import accumulation_scales, loader_batch_sizes
-from trainer.engine import LoopSettings, Engine, is_better
-from trainer.optim import Schedule
+from trainer.data.batches import accumulation_scales, loader_batch_sizes
+from trainer.engine.loop import LoopSettings, Engine, is_better
+from trainer.optim.schedules import Schedule
+import trainer.engine.loop as engine_module
 
 NUM_FEATURES, NUM_CLASSES = 6, 3
 
@@ -233,7 +233,7 @@ class CountingLoader:
 
 @pytest.mark.parametrize("accumulate", [1, 3])
 def test_a_nan_loss_stops_a_long_epoch_within_the_check_interval(accumulate):
-    from trainer.engine import NONFINITE_CHECK_STEPS, NonFiniteLoss
+    from trainer.engine.loop import NONFINITE_CHECK_STEPS, NonFiniteLoss
 
     num_batches, nan_at = 400, 137
     loader = CountingLoader(DataLoader(dataset(2 * num_batches), batch_size=2), nan_at)
@@ -247,8 +247,8 @@ def test_a_nan_loss_stops_a_long_epoch_within_the_check_interval(accumulate):
 
 
 def test_a_finite_epoch_looks_for_non_finite_losses_once_per_interval(monkeypatch):
-    from trainer.engine import NONFINITE_CHECK_STEPS
-    from trainer.step_totals import StepTotals
+    from trainer.engine.loop import NONFINITE_CHECK_STEPS
+    from trainer.engine.step_totals import StepTotals
 
     looked = []
     original = StepTotals.non_finite_since_check
@@ -317,7 +317,7 @@ def test_ema_is_the_decay_formula_over_the_raw_weights_of_each_step():
     """ModelEmaV3 as build_ema makes it: the first step copies the weights (timm's decay is 0 at step 1),
     then e_t = d e_(t-1) + (1 - d) w_t after every optimizer step, replayed here from the recorded weights."""
     from conftest import compose_train
-    from trainer.build import build_ema
+    from trainer.run.assembly import build_ema
 
     decay = 0.8
     model = linear_model(seed=7, dtype=torch.float64)
@@ -348,8 +348,8 @@ def _rank_with_a_nan(rank, port, result_dir):
 
     import torch.distributed as dist
 
-    from trainer.distributed import Place
-    from trainer.engine import NonFiniteLoss
+    from trainer.engine.loop import NonFiniteLoss
+    from trainer.engine.place import Place
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
@@ -373,7 +373,7 @@ def test_all_processes_stop_at_the_same_check(tmp_path):
 
     import torch.multiprocessing as mp
 
-    from trainer.engine import NONFINITE_CHECK_STEPS
+    from trainer.engine.loop import NONFINITE_CHECK_STEPS
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

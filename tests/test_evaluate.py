@@ -75,7 +75,7 @@ def test_report_titles_are_whole_lines_at_80_columns_even_with_two_classes():
     """A table narrower than its title used to wrap the title mid-phrase."""
     from rich.console import Console
 
-    from trainer.class_reports import print_reports
+    from trainer.reporting.class_reports import print_reports
 
     console = Console(width=80, record=True, file=io.StringIO())
     print_reports(console, np.array([0, 1, 1, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]), ["a", "b"])

@@ -3,7 +3,8 @@
 import json
 import logging
 
-from trainer.errors import UserError, record_failed_job, summary_stamp
+from trainer.engine.run_files import record_failed_job, summary_stamp
+from trainer.errors import UserError
 
 
 def write(path, data):

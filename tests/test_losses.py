@@ -1,4 +1,4 @@
-"""Unit tests of trainer.losses against torch and independent numpy formulas."""
+"""Unit tests of trainer.parts.losses against torch and independent numpy formulas."""
 
 import dataclasses
 import numpy as np
@@ -9,16 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.utils.class_weight import compute_class_weight
 
+from trainer.config.registry import build
 from trainer.errors import UserError
-from trainer.losses import LOSSES
-from trainer.registry import build
+from trainer.parts.losses import LOSSES
 
 C = 5
 
 
 def schema_defaults(name):
     """The option values a config of this loss holds when the command line sets none (the schema's)."""
-    from trainer.config import SCHEMAS
+    from trainer.config.options import SCHEMAS
 
     return dataclasses.asdict(SCHEMAS["loss"][name]()) if name in SCHEMAS["loss"] else {"name": name}
 
@@ -412,7 +412,7 @@ def test_soft_targets_of_the_wrong_shape_are_refused():
 
 
 # --- regression losses -----------------------------------------------------------------------
-from trainer.losses import REGRESSION_LOSSES  # noqa: E402
+from trainer.parts.losses import REGRESSION_LOSSES  # noqa: E402
 
 
 def make_regression_loss(name, **options):
@@ -548,7 +548,7 @@ def compose_train(*overrides):
     from hydra import compose, initialize_config_dir
 
     from conftest import REPO
-    from trainer.config import register_configs
+    from trainer.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

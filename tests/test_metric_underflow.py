@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import trainer.metrics as metrics_module
+import trainer.evaluation.metrics as metrics_module
 from metric_references import hand_binary_auc, np_log_softmax, reference, softmax
-from trainer.metrics import METRICS, MetricWarning, epoch_metrics, labels_and_probabilities, labels_and_scores
+from trainer.evaluation.metrics import METRICS, MetricWarning, epoch_metrics, labels_and_probabilities, labels_and_scores
 
 
 @pytest.fixture(autouse=True)

@@ -29,8 +29,8 @@ from metric_references import (
     reference,
     softmax,
 )
-import trainer.metrics as metrics_module
-from trainer.metrics import (
+import trainer.evaluation.metrics as metrics_module
+from trainer.evaluation.metrics import (
     METRICS,
     MINIMIZED,
     REGRESSION_METRICS,
@@ -433,7 +433,7 @@ def test_epoch_metrics_equals_engine_validate():
     # evaluate computes its numbers with epoch_metrics; they must be the ones the engine records
     from torch.utils.data import DataLoader, TensorDataset
 
-    from trainer.engine import Engine
+    from trainer.engine.loop import Engine
 
     torch.manual_seed(0)
     inputs, targets = torch.randn(70, 8), torch.randint(0, 4, (70,))
@@ -484,11 +484,11 @@ def test_monitor_may_name_a_ranking_metric(monitor, mode):
     from hydra import compose, initialize_config_dir
 
     from conftest import REPO
-    from trainer import build
-    from trainer.config import register_configs
+    from trainer.config.schema import register_configs
+    from trainer.run import checks
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("train", overrides=["metric=ranking", f"monitor={monitor}"])
-    build.check_config(cfg)  # raises for a monitor the run does not produce
-    assert build.monitor_mode(cfg) == mode
+    checks.check_config(cfg)  # raises for a monitor the run does not produce
+    assert checks.monitor_mode(cfg) == mode

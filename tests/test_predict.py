@@ -31,7 +31,7 @@ def image_run(tmp_path_factory):
 def compose(config_name: str, *overrides: str):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from trainer.config import register_configs
+    from trainer.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

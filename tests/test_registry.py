@@ -2,8 +2,8 @@
 
 import pytest
 
+from trainer.config.registry import Registry, build, call_builder
 from trainer.errors import UserError
-from trainer.registry import Registry, build, call_builder
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_call_builder_what_in_message():
 
 
 def test_real_registries_builders_reject_unknown_keys():
-    from trainer.losses import LOSSES
+    from trainer.parts.losses import LOSSES
 
     with pytest.raises(UserError, match=r"loss 'ce' does not take gamma; it takes: label_smoothing, weights"):
         build(LOSSES, {"name": "ce", "gamma": 2.0}, num_classes=3, train_labels=[0, 1, 2])
@@ -129,11 +129,12 @@ def test_build_names_the_config_keys_a_builder_needs():
 # --- every default stated once, in the schema -------------------------------------------------
 def builders_of_schema_groups():
     """group -> option -> the builder that its config is passed to."""
-    from trainer.config import SCHEMAS
-    from trainer.data import DATASETS
-    from trainer.losses import LOSSES, REGRESSION_LOSSES
-    from trainer.models import MODELS, timm_model
-    from trainer.optim import OPTIMIZERS, SCHEDULERS
+    from trainer.config.options import SCHEMAS
+    from trainer.data.datasets import DATASETS
+    from trainer.optim.optimizers import OPTIMIZERS
+    from trainer.optim.schedules import SCHEDULERS
+    from trainer.parts.losses import LOSSES, REGRESSION_LOSSES
+    from trainer.parts.models import MODELS, timm_model
 
     registries = {"data": [DATASETS], "model": [MODELS], "loss": [LOSSES, REGRESSION_LOSSES],
                   "optimizer": [OPTIMIZERS], "scheduler": [SCHEDULERS]}
@@ -156,13 +157,13 @@ GROUPS_WITHOUT_BUILDERS = {"metric", "logger"}
 
 
 def test_every_schema_group_is_checked():
-    from trainer.config import SCHEMAS
+    from trainer.config.options import SCHEMAS
 
     assert set(SCHEMAS) == set(builders_of_schema_groups()) | GROUPS_WITHOUT_BUILDERS
 
 
 def schema_options():
-    from trainer.config import SCHEMAS
+    from trainer.config.options import SCHEMAS
 
     return [(group, option) for group in SCHEMAS if group not in GROUPS_WITHOUT_BUILDERS for option in SCHEMAS[group]]
 
@@ -175,7 +176,7 @@ def test_builder_signature_matches_its_schema(group, option):
     import dataclasses
     import inspect
 
-    from trainer.config import SCHEMAS
+    from trainer.config.options import SCHEMAS
 
     builder = builders_of_schema_groups()[group][option]
     params = inspect.signature(builder).parameters
@@ -195,8 +196,9 @@ def test_builder_signature_matches_its_schema(group, option):
 def test_schema_defaults_build_every_optimizer_and_scheduler(group, option):
     import torch
 
-    from trainer.optim import OPTIMIZERS, SCHEDULERS
-    from trainer.registry import schema_defaults
+    from trainer.config.registry import schema_defaults
+    from trainer.optim.optimizers import OPTIMIZERS
+    from trainer.optim.schedules import SCHEDULERS
 
     model = torch.nn.Linear(3, 2)
     optimizer = build(OPTIMIZERS, schema_defaults("optimizer", option if group == "optimizer" else "sgd"), model=model)
@@ -208,7 +210,7 @@ def test_schema_defaults_build_every_optimizer_and_scheduler(group, option):
 
 
 def test_schema_defaults_are_the_schema_values():
-    from trainer.registry import schema_defaults
+    from trainer.config.registry import schema_defaults
 
     assert schema_defaults("scheduler", "multistep") == {
         "name": "multistep", "milestones": [15, 25], "gamma": 0.1,
@@ -219,3 +221,42 @@ def test_schema_defaults_are_the_schema_values():
     assert "root" not in folder and folder["val_root"] is None and folder["name"] == "image_folder"  # MISSING left out
     first, second = schema_defaults("optimizer", "adamw"), schema_defaults("optimizer", "adamw")
     assert first["betas"] == [0.9, 0.999] and first["betas"] is not second["betas"]  # a fresh list each time
+
+
+def option_files():
+    import os
+
+    from trainer.config.options import SCHEMAS
+    from trainer.config.schema import CONF_DIR
+
+    return [(group, option) for group in SCHEMAS for option in SCHEMAS[group]
+            if os.path.isfile(os.path.join(CONF_DIR, group, f"{option}.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", option_files())
+def test_option_files_state_no_values_of_their_own(group, option):
+    """Every default is stated once, in the schema: an option's YAML only names its schema (the values
+    and their comments live in trainer/config/schema.py), so the two can never drift apart."""
+    import os
+
+    import yaml
+
+    from trainer.config.options import SCHEMAS
+    from trainer.config.schema import CONF_DIR
+
+    content = yaml.safe_load(open(os.path.join(CONF_DIR, group, f"{option}.yaml"))) or {}
+    assert content.get("defaults") == [f"/{group}_{option}_schema@_here_", "_self_"], content
+    own = sorted(set(content) - {"defaults"})
+    assert not own, f"conf/{group}/{option}.yaml restates {own}; state them once, in {SCHEMAS[group][option].__name__}"
+
+
+def test_every_option_file_has_a_schema():
+    import glob
+    import os
+
+    from trainer.config.options import SCHEMAS
+    from trainer.config.schema import CONF_DIR
+
+    for group in SCHEMAS:
+        files = {os.path.basename(path)[:-5] for path in glob.glob(os.path.join(CONF_DIR, group, "*.yaml"))}
+        assert files == set(SCHEMAS[group]), (group, files ^ set(SCHEMAS[group]))

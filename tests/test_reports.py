@@ -13,7 +13,7 @@ from rich.console import Console
 from sklearn import metrics as skm
 
 from conftest import read_csv, read_json, run_module
-from trainer.class_reports import confusion, confusion_figure, per_class_report, print_reports, write_reports
+from trainer.reporting.class_reports import confusion, confusion_figure, per_class_report, print_reports, write_reports
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -223,7 +223,7 @@ def test_png_is_drawn_without_pyplot(tmp_path):
 
     code = (
         "import sys, numpy as np\n"
-        "from trainer.class_reports import write_reports\n"
+        "from trainer.reporting.class_reports import write_reports\n"
         f"write_reports({str(tmp_path)!r}, np.array([0, 1]), np.eye(2), ['a', 'b'])\n"
         "print('PYPLOT', 'matplotlib.pyplot' in sys.modules)\n"
     )

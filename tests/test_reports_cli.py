@@ -100,8 +100,8 @@ def test_tensorboard_logger_writes_every_epoch_scalar(cli, tmp_path):
 def test_tensorboard_missing_is_one_clear_error(monkeypatch):
     import importlib.util
 
-    from trainer.callbacks import TensorBoardWriter
     from trainer.errors import UserError
+    from trainer.reporting.callbacks import TensorBoardWriter
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
@@ -112,7 +112,7 @@ def test_tensorboard_missing_is_one_clear_error(monkeypatch):
 def test_curves_of_a_loss_monitored_run_show_accuracy_beside_the_loss(tmp_path):
     from PIL import Image
 
-    from trainer.plots import draw_curves
+    from trainer.reporting.plots import draw_curves
 
     rows = [{"epoch": e, "lr": 0.1 / 10 ** e, "train/loss": 1 / e, "train/accuracy": 0.5 + e / 10,
              "val/loss": math.nan if e == 2 else 1.2 / e, "val/accuracy": 0.4 + e / 10, "seconds": 1.0} for e in (1, 2, 3)]
@@ -127,8 +127,8 @@ def test_curves_of_a_loss_monitored_run_show_accuracy_beside_the_loss(tmp_path):
 def test_curves_are_drawn_every_interval_and_when_the_run_ends(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from trainer import plots
-    from trainer.callbacks import CurvesPlot
+    from trainer.reporting import plots
+    from trainer.reporting.callbacks import CurvesPlot
 
     drawn = []
     monkeypatch.setattr(plots, "draw_curves", lambda history, monitor, path, best_epoch: drawn.append(len(history)))

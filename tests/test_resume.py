@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import REPO, cli_env, compose_train, read_csv, read_json, run_module
-from trainer import build
-from trainer.engine import NonFiniteLoss
+from trainer.engine.loop import NonFiniteLoss
+from trainer.run import assembly
 
 RUN = ["trainer.deterministic=true", "trainer.max_epochs=4", "checkpoint.save_top_k=2", "monitor=val/loss"]
 
@@ -159,7 +159,7 @@ class NaNAt:
 
 def engine_with_nan(tmp_path, *overrides):
     cfg = compose_train("trainer.max_epochs=3", *overrides)
-    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
+    engine, train_loader, val_loader = assembly.assemble(cfg, run_dir=str(tmp_path))
     ref = [engine]
     engine.loss_fn = NaNAt(engine.loss_fn, ref, epoch=2, step=5)
     return engine, train_loader, val_loader

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainer.run_files import RunFiles, finite_or_none
+from trainer.engine.run_files import RunFiles, finite_or_none
 
 
 def kept(run_dir):

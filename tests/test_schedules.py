@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import read_csv, run_module, schedule_rates
-from trainer.optim import SCHEDULERS
-from trainer.registry import build, schema_defaults
+from trainer.config.registry import build, schema_defaults
+from trainer.optim.schedules import SCHEDULERS
 
 LR = 0.1
 START = 0.01 * LR  # the schema's warmup_start_factor

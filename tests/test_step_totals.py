@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.step_totals import StepTotals
+from trainer.engine.step_totals import StepTotals
 
 
 def random_epoch(steps, batch, classes, seed=0, last=None):

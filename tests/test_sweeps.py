@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import read_csv, read_json
-from trainer.sweep_summary import JobResult, rank, seed_groups
+from trainer.sweeps.summary import JobResult, rank, seed_groups
 
 INVALID_LR = "optimizer.lr=-1.0 is not valid"
 

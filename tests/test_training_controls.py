@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import compose_train, read_csv, read_json, schedule_rates
-from trainer import build
 from trainer.errors import UserError
 from trainer.lr_preview import schedule_lrs
-from trainer.optim import param_groups
+from trainer.optim.optimizers import param_groups
+from trainer.run import assembly, checks
 
 LR = 3e-3  # the default adamw learning rate
 
@@ -34,7 +34,7 @@ def schedule_run(cfg, steps_per_epoch, epochs, start=None):
     """Learning rate at each optimizer step of `epochs` epochs, optionally continuing from saved states."""
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
-    optimizer, schedule = build.build_optimization(cfg, model, steps_per_epoch)
+    optimizer, schedule = assembly.build_optimization(cfg, model, steps_per_epoch)
     if start is not None:
         optimizer.load_state_dict(start[0])
         schedule.load_state_dict(start[1])
@@ -118,13 +118,13 @@ def test_plateau_follows_the_monitor():
 def test_bad_controls_are_refused_before_training(overrides, message):
     cfg = compose_train(*overrides)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        build.check_config(cfg)
-        build.assemble(cfg, run_dir=None)
+        checks.check_config(cfg)
+        assembly.assemble(cfg, run_dir=None)
 
 
 def test_weight_decay_skips_biases_and_norms_and_head_gets_its_own_rate():
     cfg = compose_train()
-    model = build.build_model_and_loss(cfg, build.build_data(cfg, torch.device("cpu")))[0]
+    model = assembly.build_model_and_loss(cfg, assembly.build_data(cfg, torch.device("cpu")))[0]
     groups = param_groups(model, lr=0.1, weight_decay=0.01, decay_norm_and_bias=False, head_lr=1.0)
     head = {id(p) for p in model.get_classifier().parameters()}
     for group in groups:
@@ -136,8 +136,8 @@ def test_weight_decay_skips_biases_and_norms_and_head_gets_its_own_rate():
 
 def run_in_process(tmp_path, *overrides):
     cfg = compose_train(*overrides)
-    build.check_config(cfg)
-    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
+    checks.check_config(cfg)
+    engine, train_loader, val_loader = assembly.assemble(cfg, run_dir=str(tmp_path))
     summary = engine.fit(train_loader, val_loader)
     return engine, summary
 
@@ -165,7 +165,7 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     def first_update(*overrides):
         cfg = compose_train("optimizer=sgd", "optimizer.lr=1.0", "optimizer.momentum=0", "optimizer.nesterov=false",
                             "optimizer.weight_decay=0", "trainer.limit_train_batches=1", *overrides)
-        engine, train_loader, _ = build.assemble(cfg, run_dir=None)
+        engine, train_loader, _ = assembly.assemble(cfg, run_dir=None)
         before = torch.cat([p.detach().flatten().clone() for p in engine.model.parameters()])
         engine.train_epoch(train_loader)
         return (torch.cat([p.detach().flatten() for p in engine.model.parameters()]) - before).cpu()
@@ -189,7 +189,7 @@ def test_debug_controls_shrink_the_run(tmp_path):
 
 def test_bf16_autocast_trains_without_a_grad_scaler(tmp_path):
     cfg = compose_train("trainer.precision=bf16", "trainer.max_epochs=2", "trainer.device=cpu")
-    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path))
+    engine, train_loader, val_loader = assembly.assemble(cfg, run_dir=str(tmp_path))
     seen = set()  # (grad enabled, dtype) of the first convolution's outputs and of the loss
     conv = next(m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda module, inputs, output: seen.add(("conv", torch.is_grad_enabled(), output.dtype)))
@@ -231,11 +231,11 @@ def test_mixup_smoothing_and_a_smoothing_loss_are_not_both_applied(loss, tmp_pat
     key = "loss.label_smoothing=0.1" if "ce" in loss else "loss.smoothing=0.1"
     with pytest.raises(UserError, match=rf"data\.label_smoothing=0\.1 smooths the mixup/cutmix targets and {key} "
                                         r"would smooth them again; set data\.label_smoothing=0"):
-        build.check_config(compose_train(*mixup, *loss.split()))
+        checks.check_config(compose_train(*mixup, *loss.split()))
     # either smoothing alone is fine, and so is data smoothing with a loss that has none of its own
-    build.check_config(compose_train(*mixup[:-1], "data.label_smoothing=0", *loss.split()))
-    build.check_config(compose_train(*mixup, "loss=focal"))
-    build.check_config(compose_train(*mixup[:-1], *loss.split(), "data.mixup=0"))
+    checks.check_config(compose_train(*mixup[:-1], "data.label_smoothing=0", *loss.split()))
+    checks.check_config(compose_train(*mixup, "loss=focal"))
+    checks.check_config(compose_train(*mixup[:-1], *loss.split(), "data.mixup=0"))
 
 
 def test_channels_last_and_ema(tmp_path):
@@ -311,13 +311,13 @@ class Watcher:
 
 def test_a_nan_stops_the_epoch_early_and_leaves_best_ckpt_untouched(tmp_path, monkeypatch):
     """Through fit, with checks every 5 optimizer steps (test_engine_units checks the real interval on a long epoch)."""
-    from trainer import engine as engine_module
-    from trainer.engine import NonFiniteLoss
+    from trainer.engine import loop as engine_module
+    from trainer.engine.loop import NonFiniteLoss
 
     monkeypatch.setattr(engine_module, "NONFINITE_CHECK_STEPS", 5)
     cfg = compose_train("trainer.max_epochs=3", "data.batch_size=8", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2")
     watcher = Watcher(tmp_path)
-    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path), callbacks=[watcher])
+    engine, train_loader, val_loader = assembly.assemble(cfg, run_dir=str(tmp_path), callbacks=[watcher])
     loss_fn, calls = engine.loss_fn, []
 
     def nan_in_epoch_two_step_seven(logits, targets):
@@ -350,9 +350,9 @@ def test_mixup_trains_with_the_configured_loss_and_validates_with_it(tmp_path):
     cfg = compose_train("data=image_folder", f"data.root={tmp_path / 'images'}", "data.mixup=0.8", "data.cutmix=1.0",
                         "data.batch_size=8", "data.num_workers=0", "data.image_size=16", "data.label_smoothing=0.1",
                         "loss=focal", "loss.gamma=1.5", "loss.weights=balanced", "trainer.max_epochs=1")
-    build.check_config(cfg)
-    build.normalise_config(cfg)
-    engine, train_loader, val_loader = build.assemble(cfg, run_dir=str(tmp_path / "run"))
+    checks.check_config(cfg)
+    checks.normalise_config(cfg)
+    engine, train_loader, val_loader = assembly.assemble(cfg, run_dir=str(tmp_path / "run"))
     calls, loss_fn = [], engine.loss_fn.forward
     engine.loss_fn.forward = lambda logits, target: calls.append(
         (torch.is_grad_enabled(), logits.detach().double(), target, loss_fn(logits, target))) or calls[-1][3]
@@ -370,4 +370,4 @@ def test_mixup_trains_with_the_configured_loss_and_validates_with_it(tmp_path):
 
 
 def engine_train_labels(cfg):
-    return build.build_data(cfg, torch.device("cpu")).train_labels
+    return assembly.build_data(cfg, torch.device("cpu")).train_labels

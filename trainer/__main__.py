@@ -13,9 +13,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hydra_plugins.trainer_optuna_sweeper import register as register_optuna_sweeper
-from trainer import command_line
-from trainer.config import CONF_DIR, register_configs
-from trainer.errors import record_failed_job, reported_as_exit, summary_stamp
+from trainer.config.schema import CONF_DIR, register_configs
+from trainer.engine.place import launched_by_torchrun
+from trainer.engine.run_files import record_failed_job, summary_stamp
+from trainer.errors import UserError, reported_as_exit
+from trainer.run import command_line
 
 register_configs()
 register_optuna_sweeper()
@@ -26,26 +28,26 @@ def train(cfg: DictConfig) -> float:
     import os
     import signal
 
-    from trainer import build
-    from trainer.callbacks import run_callbacks
-    from trainer.errors import UserError
-    from trainer.loaders import stop_workers
-    from trainer.resume import load_resume_state
+    # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+    from trainer.data.loaders import stop_workers
+    from trainer.engine.resume import load_resume_state
+    from trainer.reporting.callbacks import run_callbacks
+    from trainer.run import assembly, checks
 
     log = logging.getLogger("trainer")
     run_dir = HydraConfig.get().runtime.output_dir
     state = None
     if cfg.resume is not None:
         cfg, state = load_resume_state(cfg, HydraConfig.get().overrides.task, run_dir)
-    build.check_config(cfg)
-    build.normalise_config(cfg)  # before the config is stored in checkpoints
+    checks.check_config(cfg)
+    checks.normalise_config(cfg)  # before the config is stored in checkpoints
     checkpoints = os.path.join(run_dir, "checkpoints")
     if state is None and os.path.isdir(checkpoints) and os.listdir(checkpoints):
         raise UserError(
             f"run directory '{run_dir}' already holds checkpoints; continue it with resume={run_dir}, "
             "or choose a new hydra.run.dir"
         )
-    engine, train_loader, val_loader = build.assemble(cfg, run_dir, run_callbacks(cfg, run_dir))
+    engine, train_loader, val_loader = assembly.assemble(cfg, run_dir, run_callbacks(cfg, run_dir))
     if state is not None:
         engine.load_state_dict(state)
         log.info(f"resumed from epoch {engine.epoch} of {run_dir}")
@@ -74,7 +76,8 @@ def train(cfg: DictConfig) -> float:
         finally:
             signal.signal(signal.SIGTERM, previous)
         if cfg.task == "classification":
-            from trainer.class_reports import report_best_checkpoint
+            # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+            from trainer.run.end_of_run import report_best_checkpoint
 
             report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main,
                                    show=HydraConfig.get().mode != RunMode.MULTIRUN)
@@ -105,8 +108,8 @@ def run() -> None:
     try:
         main()
     finally:
-        if command_line.launched_by_torchrun():
-            from trainer.distributed import close_process_group  # torch, so only under torchrun
+        if launched_by_torchrun():
+            from trainer.engine.distributed import close_process_group  # torch, so only under torchrun
 
             close_process_group()
 

@@ -13,9 +13,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from trainer.command_line import print_command_help
-from trainer.config import CONF_DIR, register_configs
-from trainer.errors import reported_as_exit
+from trainer.config.schema import CONF_DIR, register_configs
+from trainer.errors import UserError, reported_as_exit
+from trainer.run.command_line import print_command_help
 
 register_configs()
 
@@ -30,14 +30,14 @@ def evaluate(cfg: DictConfig) -> dict:
     from omegaconf import OmegaConf
     from rich.console import Console
 
-    from trainer import build
-    from trainer.callbacks import format_value
-    from trainer.checkpoint import chosen_by_ema, load_model_state, read_checkpoint
-    from trainer.class_reports import print_reports, write_reports
-    from trainer.engine import Engine, LoopSettings
-    from trainer.errors import UserError
-    from trainer.metrics import labels_and_probabilities
-    from trainer.run_files import write_json
+    # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+    from trainer.checkpointing.checkpoint import chosen_by_ema, load_model_state, read_checkpoint
+    from trainer.engine.loop import Engine, LoopSettings
+    from trainer.engine.run_files import write_json
+    from trainer.evaluation.metrics import labels_and_probabilities
+    from trainer.reporting.class_reports import print_reports, write_reports
+    from trainer.reporting.tables import format_value
+    from trainer.run import assembly, environment
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError("ckpt_path is required: python -m trainer.evaluate ckpt_path=<run dir>/checkpoints/best.ckpt")
@@ -51,12 +51,12 @@ def evaluate(cfg: DictConfig) -> dict:
     run_cfg.model.weights = None
     if "pretrained" in run_cfg.model:
         run_cfg.model.pretrained = False
-    device = build.resolve_device(cfg.device)
-    build.seed_everything(run_cfg.seed)
-    data = build.build_data(run_cfg, device)
+    device = environment.resolve_device(cfg.device)
+    environment.seed_everything(run_cfg.seed)
+    data = assembly.build_data(run_cfg, device)
     if list(data.class_names) != list(ckpt["class_names"]):
         raise UserError(f"the data's classes {data.class_names} differ from the checkpoint's {ckpt['class_names']}")
-    model, loss_fn = build.build_model_and_loss(run_cfg, data)
+    model, loss_fn = assembly.build_model_and_loss(run_cfg, data)
     load_model_state(model, ckpt["model"], path)
     ema = None
     if ckpt.get("ema") is not None:  # the run validated an EMA of its weights too: so do we
@@ -66,8 +66,8 @@ def evaluate(cfg: DictConfig) -> dict:
     precision = str(run_cfg.trainer.get("precision", "32"))
     loop = LoopSettings(precision=precision if device.type == "cuda" or precision != "fp16" else "32",
                         channels_last=run_cfg.trainer.get("channels_last", False))
-    engine = Engine(build.prepare_model(run_cfg, model, device), loss_fn, None, None, run_cfg.metric.names,
-                    device=device, loop=loop, ema=ema, target_values=build.regression_targets(run_cfg, data))
+    engine = Engine(assembly.prepare_model(run_cfg, model, device), loss_fn, None, None, run_cfg.metric.names,
+                    device=device, loop=loop, ema=ema, target_values=assembly.regression_targets(run_cfg, data))
     # One prediction pass per set of weights feeds both the metrics (computed as Engine.validate computes
     # them, so the metrics.csv row is reproduced: val/* raw, val_ema/* EMA) and the reports.
     logits, targets = engine.predict(data.val_loader)
@@ -113,7 +113,7 @@ def weights_line(uses_ema: bool, ckpt: dict) -> str:
 
 
 def metrics_table(metrics: dict, format_value):
-    from trainer.tables import titled_table
+    from trainer.reporting.tables import titled_table  # rich: only when a table is printed
 
     table = titled_table("validation metrics")
     table.add_column("metric")

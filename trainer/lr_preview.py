@@ -16,9 +16,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from trainer import command_line
-from trainer.config import CONF_DIR, register_configs
+from trainer.config.schema import CONF_DIR, register_configs
 from trainer.errors import reported_as_exit
+from trainer.run import command_line
 
 register_configs()
 
@@ -27,9 +27,10 @@ def schedule_lrs(cfg: DictConfig, steps_per_epoch: int, model) -> list:
     """Per optimizer step: (epoch, step within epoch, learning rate of every parameter group)."""
     import warnings
 
-    from trainer import build
+    # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+    from trainer.run import assembly
 
-    optimizer, schedule = build.build_optimization(cfg, model, steps_per_epoch)
+    optimizer, schedule = assembly.build_optimization(cfg, model, steps_per_epoch)
     rows = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
@@ -47,15 +48,15 @@ def preview(cfg: DictConfig) -> list:
     import torch
     from rich.console import Console
 
-    from trainer import build
-    from trainer.callbacks import format_value
-    from trainer.tables import titled_table
+    # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+    from trainer.reporting.tables import format_value, titled_table
+    from trainer.run import assembly, checks, environment
 
-    build.check_config(cfg)
-    build.seed_everything(cfg.seed)
-    data = build.build_data(cfg, torch.device("cpu"))  # the preview trains nothing
-    model, _ = build.build_model_and_loss(cfg, data)
-    train_loader, _ = build.training_loaders(cfg, data)
+    checks.check_config(cfg)
+    environment.seed_everything(cfg.seed)
+    data = assembly.build_data(cfg, torch.device("cpu"))  # the preview trains nothing
+    model, _ = assembly.build_model_and_loss(cfg, data)
+    train_loader, _ = assembly.training_loaders(cfg, data)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.accumulate)
     rows = schedule_lrs(cfg, steps_per_epoch, model)
     if all(len(set(lrs)) == 1 for _, _, lrs in rows):  # groups differ only in weight decay: one column

@@ -12,9 +12,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from trainer.command_line import print_command_help
-from trainer.config import CONF_DIR, register_configs
-from trainer.errors import reported_as_exit
+from trainer.config.schema import CONF_DIR, register_configs
+from trainer.errors import UserError, reported_as_exit
+from trainer.run.command_line import print_command_help
 
 register_configs()
 
@@ -27,8 +27,6 @@ def check_request(cfg: DictConfig) -> None:
     import os
 
     from omegaconf import OmegaConf
-
-    from trainer.errors import UserError
 
     for key in ("ckpt_path", "input"):
         if OmegaConf.is_missing(cfg, key):
@@ -47,17 +45,18 @@ def check_request(cfg: DictConfig) -> None:
 def predict(cfg: DictConfig) -> str:
     check_request(cfg)
 
+    # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
     import torch
     from omegaconf import OmegaConf
 
-    from trainer import build, images
-    from trainer.checkpoint import chosen_by_ema, chosen_weights, load_model_state, read_checkpoint
-    from trainer.errors import UserError
-    from trainer.loaders import available_cpus, seed_worker
-    from trainer.models import build_model
-    from trainer.transforms import decode_size, eval_transform, resolve_input
+    from trainer.checkpointing.checkpoint import chosen_by_ema, chosen_weights, load_model_state, read_checkpoint
+    from trainer.data import images
+    from trainer.data.loaders import available_cpus, seed_worker
+    from trainer.data.transforms import decode_size, eval_transform, resolve_input
+    from trainer.parts.models import build_model
+    from trainer.run import checks, environment
 
-    device = build.resolve_device(cfg.device)
+    device = environment.resolve_device(cfg.device)
 
     ckpt = read_checkpoint(cfg.ckpt_path)
     missing = [key for key in REQUIRED_KEYS if not (isinstance(ckpt, dict) and key in ckpt)]
@@ -74,7 +73,7 @@ def predict(cfg: DictConfig) -> str:
     paths, shown = images.drop_bad_files(paths, shown, cfg.skip_bad_files, f"input={cfg.input}", skip_key="skip_bad_files")
     if not paths:
         raise UserError(f"input={cfg.input}: no readable image is left to predict")
-    spec = resolve_input(run_cfg.model.name, data.channels, *(data[key] for key in build.INPUT_KEYS))
+    spec = resolve_input(run_cfg.model.name, data.channels, *(data[key] for key in checks.INPUT_KEYS))
     dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"], decode_size(spec))
     workers = available_cpus() if cfg.num_workers is None else cfg.num_workers
     loader = torch.utils.data.DataLoader(
@@ -83,7 +82,7 @@ def predict(cfg: DictConfig) -> str:
     )
 
     regression = run_cfg.get("task", "classification") == "regression"
-    model_cfg = build.plain(run_cfg.model)
+    model_cfg = checks.plain(run_cfg.model)
     model_cfg["weights"] = None  # the checkpoint holds the weights
     if "pretrained" in model_cfg:
         model_cfg["pretrained"] = False
@@ -131,8 +130,8 @@ def list_inputs(cfg: DictConfig, data: DictConfig):
     """(image paths, the names written in the output, the output's first column header)."""
     import os
 
-    from trainer import images
-    from trainer.errors import UserError
+    # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+    from trainer.data import images
 
     source = cfg.input
     if os.path.isdir(source):
@@ -168,7 +167,8 @@ class PredictionInputs:
     def __getitem__(self, index: int):
         import torch
 
-        from trainer.images import UnreadableImage, load_image
+        # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+        from trainer.data.images import UnreadableImage, load_image
 
         try:
             return self.transform(load_image(self.paths[index], self.mode, decode_size=self.decode_size)), ""

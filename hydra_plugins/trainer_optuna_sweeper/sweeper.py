@@ -51,7 +51,7 @@ def study_direction(direction: Optional[str], job_config: DictConfig) -> str:
         return direction
     mode = job_config.get("mode")
     if mode is None:
-        from trainer.metrics import default_mode
+        from trainer.evaluation.metrics import default_mode
 
         mode = default_mode(job_config.get("monitor", "val/loss"))
     return "maximize" if mode == "max" else "minimize"

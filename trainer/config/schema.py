@@ -1,0 +1,107 @@
+"""The schema of a run and of the commands' own configs, and their registration in Hydra's ConfigStore.
+
+The options of each config group have their schemas in `config.options`. This module imports neither
+torch nor any other heavy library: `--help` stays fast.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from trainer.config.options import SCHEMAS
+
+
+# The YAML config tree. An absolute path: Hydra resolves a relative one against the calling module,
+# which differs between `python -m trainer` and the installed `trainer` command.
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf")
+
+
+# --- the run --------------------------------------------------------------------------------
+@dataclass
+class TrainerSettings:
+    max_epochs: int = 30
+    accumulate: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "32"  # 32 | bf16 | fp16 (a GradScaler is used only for fp16; on a CPU fp16 runs, slowly)
+    grad_clip_norm: Optional[float] = None
+    grad_clip_value: Optional[float] = None
+    ema_decay: Optional[float] = None  # e.g. 0.999: also validate an EMA of the weights (val_ema/<metric>)
+    channels_last: bool = False
+    compile: bool = False
+    sync_batchnorm: bool = False  # with torchrun on GPUs: batch statistics over all processes
+    deterministic: bool = False
+    patience: Optional[int] = None  # early stopping: epochs without improvement of `monitor`
+    min_delta: float = 0.0
+    on_nonfinite: str = "stop"  # stop | skip: what a NaN or infinite training loss does
+    limit_train_batches: Any = None  # int: that many batches; float in (0, 1]: that share of them
+    limit_val_batches: Any = None
+    fast_dev_run: bool = False  # one train and one val batch, one epoch, no checkpoints
+    overfit_batches: int = 0  # train and validate on the same first N training batches
+
+
+@dataclass
+class CheckpointSettings:
+    save_top_k: int = 0  # also keep the k best epochs as epoch-NNN_<monitor>-<value>.ckpt
+
+
+@dataclass
+class TrainConfig:
+    data: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    metric: Any = MISSING
+    logger: Any = MISSING
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    task: str = "classification"  # classification | regression (set by the task group)
+    seed: int = 0
+    monitor: str = "val/f1"
+    mode: Optional[str] = None  # min | max; null picks min for losses, max for everything else
+    progress: bool = True  # rich progress bar (only drawn on a terminal)
+    resume: Optional[str] = None  # a run directory or checkpoint to continue
+
+
+@dataclass
+class LrPreviewConfig(TrainConfig):
+    output: Optional[str] = None  # the PNG's path; null: lr_schedule.png in the preview's own run directory
+
+
+@dataclass
+class EvaluateConfig:
+    ckpt_path: str = MISSING
+    device: str = "auto"
+    progress: bool = True  # accepted for symmetry with training; evaluate draws no progress bar
+    output: Optional[str] = None  # JSON path; default: <checkpoint>.metrics.json beside it
+
+
+@dataclass
+class PredictConfig:
+    ckpt_path: str = MISSING
+    input: str = MISSING  # a folder (every image under it), a CSV with a column of paths, or one image
+    output: str = "predictions.csv"
+    overwrite: bool = False
+    tta: str = "none"  # none | flip (average the probabilities, or regression values, with the horizontal mirror's)
+    batch_size: int = 64
+    num_workers: Optional[int] = None  # null: one loader process per CPU core this process may use
+    device: str = "auto"
+    path_column: Optional[str] = None  # CSV input: null = the training CSV's column, else "path"
+    image_dir: Optional[str] = None  # CSV input: paths are relative to it; null: the CSV's folder
+    path_suffix: Optional[str] = None  # CSV input: appended to each path; null: the training CSV's data.path_suffix
+    skip_bad_files: bool = False
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="lr_preview_schema", node=LrPreviewConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(name=f"{group}_{name}_schema", node=node)
+

@@ -1,0 +1,108 @@
+"""DataLoaders: the sampler (shuffled or class-balanced), worker processes, seeding, pinned memory,
+and errors from worker processes that still name the file at fault."""
+
+import os
+import random
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from trainer.data.images import UnreadableImage, message_of
+from trainer.errors import UserError
+
+SAMPLERS = ("random", "balanced")
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def seed_worker(worker_id: int) -> None:
+    """numpy and random in a worker follow torch's per-worker seed (base seed from the loader's
+    generator + worker id), so augmentations differ between workers yet repeat from run to run."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def balanced_sampler(labels: np.ndarray, generator: torch.Generator) -> WeightedRandomSampler:
+    """Draws every class equally often on average: each sample weighs 1 / its class's count; an
+    epoch draws as many samples as the training set holds, with replacement."""
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
+                                 replacement=True, generator=generator)
+
+
+class ImageLoader(DataLoader):
+    """A DataLoader that turns an unreadable image, also one met inside a worker process, into one
+    UserError naming the file, instead of a worker's traceback."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except UnreadableImage as err:
+                message = message_of(err)
+                # The re-raised exception and its traceback's frames form a reference cycle holding the
+                # iterator; left to the garbage collector, its worker shutdown stalls for seconds.
+                err.__traceback__ = None
+                break
+            yield batch
+        # Outside the except block, so that no exception refers to the iterator: its workers stop now.
+        del batches
+        if self.persistent_workers:
+            self._iterator = None
+        raise UserError(message)
+
+
+def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int], seed: int, pin_memory: bool,
+                 sampler: str = "random", train_labels: Optional[np.ndarray] = None, drop_last: bool = False,
+                 loader_class=DataLoader):
+    """Training and validation loaders. num_workers None means one per available core."""
+    if batch_size < 1:
+        raise UserError(f"data.batch_size={batch_size} is not valid; use an integer >= 1")
+    if num_workers is None:
+        num_workers = available_cpus()
+    if num_workers < 0:
+        raise UserError(f"data.num_workers={num_workers} is not valid; use 0 (load in the main process) or more")
+    if sampler not in SAMPLERS:
+        raise UserError(f"data.sampler={sampler} is not valid; use one of: {', '.join(SAMPLERS)}")
+    if drop_last and len(train_set) < batch_size:
+        raise UserError(
+            f"the training set has {len(train_set)} images, fewer than one batch (data.batch_size={batch_size}), "
+            "and mixup/cutmix drop the last partial batch: lower data.batch_size"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    if num_workers > 0:
+        common["worker_init_fn"] = seed_worker
+    if sampler == "balanced":
+        order = dict(sampler=balanced_sampler(np.asarray(train_labels), generator))
+    else:
+        order = dict(shuffle=True)
+    train = loader_class(train_set, batch_size=batch_size, generator=generator, drop_last=drop_last, **order, **common)
+    val = loader_class(val_set, batch_size=batch_size, shuffle=False, **common)
+    return train, val
+
+
+def stop_workers(*loaders) -> None:
+    """End the persistent worker processes of these loaders (or of the loaders they wrap) now.
+
+    Left alive, they are stopped by the interpreter's teardown, in whatever order it destroys things;
+    at the end of a multi-process run that is also when the process group goes away.
+    """
+    for loader in loaders:
+        while not isinstance(loader, DataLoader) and hasattr(loader, "loader"):  # LimitedLoader
+            loader = loader.loader
+        if isinstance(loader, DataLoader) and loader.persistent_workers:
+            loader._iterator = None  # its only reference: the iterator's __del__ stops and joins the workers

@@ -1,0 +1,1 @@
+"""Whole-epoch metrics over the validation predictions."""
