@@ -106,23 +106,19 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
     )
 
 
-def assemble(cfg: DictConfig, run_dir, callbacks=()):
-    """Every part of a training run, ready for `engine.fit(train_loader, val_loader)`.
+def shard_data(cfg: DictConfig, data: DataBundle, place) -> DataBundle:
+    """Under torchrun: each rank trains on its share of every epoch and validates on its share of the set."""
+    if not place.launched:
+        return data
+    if cfg.trainer.on_nonfinite == "skip" and place.world_size > 1:
+        raise UserError("trainer.on_nonfinite=skip cannot be used with several processes (their steps would diverge)")
+    train, val = distributed.shard_loaders(data.train_loader, data.val_loader, place, cfg.seed)
+    return dataclasses.replace(data, train_loader=train, val_loader=val)
 
-    Under torchrun the loaders are sharded, the model is wrapped in DistributedDataParallel, and only
-    rank 0 gets the run directory and the callbacks: the other ranks compute and stay silent.
-    """
-    place = current_place()
-    device = distributed.device_for(place, resolve_device(cfg.trainer.device))
-    configure_torch(cfg.trainer.deterministic, device)
-    seed_everything(cfg.seed)  # the same on every rank: data split and model initialisation agree
-    data = build_data(cfg, device)
-    if place.launched:
-        if cfg.trainer.on_nonfinite == "skip" and place.world_size > 1:
-            raise UserError("trainer.on_nonfinite=skip cannot be used with several processes (their steps would diverge)")
-        train, val = distributed.shard_loaders(data.train_loader, data.val_loader, place, cfg.seed)
-        data = dataclasses.replace(data, train_loader=train, val_loader=val)
-    model, loss_fn = build_model_and_loss(cfg, data)
+
+def place_model(cfg: DictConfig, model: torch.nn.Module, device: torch.device, place):
+    """The model on its device (SyncBatchNorm, memory format), its EMA, then DDP and torch.compile around it.
+    Returns (the model the loop calls, the EMA or None)."""
     if cfg.trainer.sync_batchnorm and place.world_size > 1:
         if device.type != "cuda":
             raise UserError("trainer.sync_batchnorm=true needs CUDA GPUs (torch's SyncBatchNorm does not run on CPUs)")
@@ -133,10 +129,30 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.trainer.compile:
         model = torch.compile(model)
+    return model, ema
+
+
+def seed_this_process(cfg: DictConfig, place) -> None:
+    """From here on each process draws its own augmentation, dropout and mixup, reproducibly. Rank 0 goes
+    on with the run's seed, so a single-process run draws exactly what it drew before."""
     if place.rank > 0:
-        # From here on each process draws its own augmentation, dropout and mixup, reproducibly. Rank 0
-        # goes on with the run's seed, so a single-process run draws exactly what it drew before.
         seed_everything(distributed.rank_seed(cfg.seed, place.rank))
+
+
+def assemble(cfg: DictConfig, run_dir, callbacks=()):
+    """Every part of a training run, ready for `engine.fit(train_loader, val_loader)`, step by step.
+
+    Under torchrun the loaders are sharded, the model is wrapped in DistributedDataParallel, and only
+    rank 0 gets the run directory and the callbacks: the other ranks compute and stay silent.
+    """
+    place = current_place()
+    device = distributed.device_for(place, resolve_device(cfg.trainer.device))
+    configure_torch(cfg.trainer.deterministic, device)
+    seed_everything(cfg.seed)  # the same on every rank: data split and model initialisation agree
+    data = shard_data(cfg, build_data(cfg, device), place)
+    model, loss_fn = build_model_and_loss(cfg, data)
+    model, ema = place_model(cfg, model, device, place)
+    seed_this_process(cfg, place)
     train_loader, val_loader = training_loaders(cfg, data)
     optimizer, schedule = build_optimization(cfg, model, math.ceil(len(train_loader) / cfg.trainer.accumulate))
     engine = Engine(
@@ -152,4 +168,3 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         place=place,
     )
     return engine, train_loader, val_loader
-
