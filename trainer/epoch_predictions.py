@@ -1,12 +1,13 @@
 """One epoch's labels and class scores, and the counts that every metric in trainer/metrics.py is made
 of: each computed once however many metrics use it, vectorised in torch on the device that holds the
-predictions, in memory bounded by a few blocks of `CHUNK` elements besides one copy of the scores.
+predictions, in memory bounded by a few blocks of `ROW_CHUNK` or `CHUNK` elements and a few numbers per
+image: at 50,000 x 1,000 some 100 MiB besides the logits, where a float64 copy of them alone is 400 MiB.
 
 The scores are the float64 log-softmax of the logits (`from_logits`), or the scores given (`from_scores`:
 probabilities or anything else in the same order). The N x C float64 log-softmax is never held whole:
-a row's scores are its logits (made exact in float64) minus one float64 number per row, the row's
-log-sum-exp (`log_normalisers`), and are recomputed, bit for bit the same, for each block of rows or
-columns that needs them.
+a row's scores are its logits (made exact in float64) less one float64 number per row, the row's
+log-sum-exp (`offsets`), recomputed, bit for bit the same, for each block of rows or columns that needs
+them (`log_softmax()` makes the whole of it, for callers that want it).
 
 Two kinds of counts:
 - within an image (a row): its predicted class, and how many classes score above and level with its
@@ -47,8 +48,8 @@ def _sort_rows(block: torch.Tensor) -> torch.Tensor:
 
 
 class EpochPredictions:
-    """Labels (N,) and scores (N, C) of one epoch; scores = values (made float64) - offsets[:, None]
-    (no offsets: the values themselves)."""
+    """Labels (N,) and scores (N, C) of one epoch: for logits, the scores are values.double() - offsets[:, None]
+    (their float64 log-softmax); otherwise the values themselves."""
 
     def __init__(self, labels: torch.Tensor, values: torch.Tensor, logits: bool):
         self.values = values
