@@ -23,9 +23,10 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-# Elements worked on at once: rows of 1M (8 MiB of float64, which stay in the cache between the
-# operations on them), columns of 4M (sorted a block at a time).
-ROW_CHUNK = 1 << 20
+# Elements worked on at once, in a block of rows or of columns: 4M (32 MiB of float64). Smaller row blocks
+# stay in the cache between the operations on them (5% less CPU time at 256K), but each operation is a
+# parallel region of torch's threads, and on a loaded machine every region waits for a descheduled thread.
+ROW_CHUNK = 1 << 22
 CHUNK = 1 << 22
 TILE_ROWS = 256
 
