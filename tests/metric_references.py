@@ -22,6 +22,18 @@ def random_case(n, c, seed, class_probs=None, classes=None, never_predicted=()):
     return y, softmax(logits).astype(np.float32)
 
 
+# random_case settings that the metric tests share
+CASES = {
+    "balanced": dict(n=200, c=6, seed=1),
+    "imbalanced": dict(n=300, c=4, seed=2, class_probs=[0.8, 0.15, 0.04, 0.01]),
+    "absent_class": dict(n=150, c=5, seed=3, classes=[0, 1, 3], class_probs=[0.5, 0.3, 0.2]),
+    "many_classes": dict(n=400, c=12, seed=4),
+    "binary": dict(n=100, c=3, seed=5, classes=[0, 2]),
+    "class_in_neither": dict(n=150, c=5, seed=6, classes=[0, 1, 2], never_predicted=[4]),
+}
+
+
+
 def hand_macro_f1(y, pred):
     classes = np.union1d(np.unique(y), np.unique(pred))
     scores = []
@@ -107,7 +119,9 @@ def hand_average_precision(relevant, scores):
 
 
 def hand_map(y, prob):
-    return float(np.mean([hand_average_precision(np.arange(prob.shape[1]) == y[i], prob[i]) for i in range(len(y))]))
+    """Mean over the classes present in y of each class's average precision: the images ranked by that
+    class's score, its own images the relevant ones."""
+    return float(np.mean([hand_average_precision(y == c, prob[:, c]) for c in np.unique(y)]))
 
 
 def one_hot(y, c):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import trainer.evaluation.metrics as metrics_module
-from metric_references import hand_binary_auc, np_log_softmax, reference, softmax
+from metric_references import hand_average_precision, hand_binary_auc, np_log_softmax, reference, softmax
 from trainer.evaluation.metrics import METRICS, MetricWarning, epoch_metrics, labels_and_probabilities, labels_and_scores
 
 
@@ -32,9 +32,8 @@ def test_labels_and_scores_are_float64_log_probabilities():
 
 def test_a_true_class_whose_probability_underflows_ranks_second():
     logits = torch.tensor([[0.0, -110.0, -120.0]])
-    result = epoch_metrics(["mrr", "map", "ndcg", "top3"], logits, torch.tensor([1]), torch.nn.CrossEntropyLoss())
+    result = epoch_metrics(["mrr", "ndcg", "top3"], logits, torch.tensor([1]), torch.nn.CrossEntropyLoss())
     assert result["val/mrr"] == pytest.approx(0.5)  # not 1/3: class 2 does not tie with it
-    assert result["val/map"] == pytest.approx(0.5)
     assert result["val/ndcg"] == pytest.approx(1 / np.log2(3))
     assert result["val/top3"] == 1.0
 
@@ -73,8 +72,12 @@ def test_roc_auc_ranks_images_by_a_class_score_below_underflow():
     # class 1's positive image scores -110, its negatives -120 and -130: AUC 1, where tied zeros give 0.5
     logits = torch.tensor([[0.0, -110.0, -5.0], [0.0, -120.0, -5.0], [-5.0, -130.0, 0.0], [0.0, -140.0, -1.0]])
     y = torch.tensor([1, 0, 2, 0])
-    result = epoch_metrics(["roc_auc"], logits, y, torch.nn.CrossEntropyLoss())
+    result = epoch_metrics(["roc_auc", "map"], logits, y, torch.nn.CrossEntropyLoss())
     scores = np_log_softmax(logits.numpy())
     per_class = [hand_binary_auc(y.numpy() == c, scores[:, c]) for c in range(3)]
     assert per_class[1] == 1.0
     assert result["val/roc_auc"] == pytest.approx(np.mean(per_class))
+    # map likewise: class 1's image first in its column (AP 1), where four tied zeros would give 1/4
+    precisions = [hand_average_precision(y.numpy() == c, scores[:, c]) for c in range(3)]
+    assert precisions[1] == 1.0
+    assert result["val/map"] == pytest.approx(np.mean(precisions))

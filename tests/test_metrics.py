@@ -1,5 +1,6 @@
-"""Every registered metric against hand-written numpy definitions (metric_references.py), never against
-the scikit-learn call the metric itself makes."""
+"""Every registered metric against hand-written numpy definitions (metric_references.py); the warnings about
+classes left out; the keys and values of a whole epoch. Ranking metrics: test_ranking_metrics.py; regression:
+test_regression_metrics.py; scikit-learn itself as the oracle: test_metrics_oracle.py."""
 
 import warnings
 
@@ -12,8 +13,8 @@ from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
 from metric_references import (
+    CASES,
     REFERENCES,
-    hand_average_precision,
     hand_balanced_accuracy,
     hand_binary_auc,
     hand_macro,
@@ -29,22 +30,8 @@ from metric_references import (
     reference,
     softmax,
 )
+from trainer.evaluation.metrics import METRICS, MINIMIZED, REGRESSION_METRICS, MetricWarning, compute_metrics, default_mode, epoch_metrics, labels_and_probabilities
 import trainer.evaluation.metrics as metrics_module
-from trainer.evaluation.metrics import (
-    METRICS,
-    MINIMIZED,
-    REGRESSION_METRICS,
-    MetricWarning,
-    compute_metrics,
-    compute_regression_metrics,
-    default_mode,
-    epoch_metrics,
-    labels_and_probabilities,
-)
-
-# top5 with C <= 5 is trivially 1.0 and scikit-learn says so in a warning; the value is what is tested.
-pytestmark = pytest.mark.filterwarnings("ignore:'k' .* greater than or equal to 'n_classes'")
-
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
@@ -68,24 +55,15 @@ def test_references_agree_with_scikit_learn():
     assert hand_roc_auc(y, prob) == pytest.approx(skm.roc_auc_score(onehot[:, present], prob[:, present], average="macro"))
     assert hand_mrr(y, prob) == pytest.approx(skm.label_ranking_average_precision_score(one_hot(y, 6), prob))
     assert hand_ndcg(y, prob) == pytest.approx(skm.ndcg_score(one_hot(y, 6), prob))
+    assert hand_map(y, prob) == pytest.approx(skm.average_precision_score(onehot[:, present], prob[:, present]))
     # ties count one half: pairs (0.9, 0.9) tie, (0.9, 0.1), (0.2, 0.1) are right, (0.2, 0.9) is wrong
     assert hand_binary_auc(np.array([True, False, True, False]), np.array([0.9, 0.9, 0.2, 0.1])) == pytest.approx(0.625)
-
-
-CASES = {
-    "balanced": dict(n=200, c=6, seed=1),
-    "imbalanced": dict(n=300, c=4, seed=2, class_probs=[0.8, 0.15, 0.04, 0.01]),
-    "absent_class": dict(n=150, c=5, seed=3, classes=[0, 1, 3], class_probs=[0.5, 0.3, 0.2]),
-    "many_classes": dict(n=400, c=12, seed=4),
-    "binary": dict(n=100, c=3, seed=5, classes=[0, 2]),
-    "class_in_neither": dict(n=150, c=5, seed=6, classes=[0, 1, 2], never_predicted=[4]),
-}
 
 
 def expected_left_out(name, y, prob):
     """The classes a metric must leave out and name in a MetricWarning."""
     classes = np.arange(prob.shape[1])
-    if name == "roc_auc":
+    if name in ("roc_auc", "map"):
         return np.setdiff1d(classes, y).tolist()
     if name in ("f1", "precision", "recall"):
         return np.setdiff1d(classes, np.union1d(y, prob.argmax(axis=1))).tolist()
@@ -112,6 +90,7 @@ def test_metric_matches_reference(name, case):
 def test_cases_exercise_the_warnings():
     # the parametrized test above would pass vacuously if no case left a class out
     assert expected_left_out("roc_auc", *random_case(**CASES["absent_class"])) == [2, 4]
+    assert expected_left_out("map", *random_case(**CASES["absent_class"])) == [2, 4]
     assert expected_left_out("f1", *random_case(**CASES["class_in_neither"])) == [4]
 
 
@@ -221,40 +200,6 @@ def test_roc_auc_two_classes():
     assert METRICS.get("roc_auc")(y, prob) == pytest.approx(hand_binary_auc(y == 1, prob[:, 1]))
 
 
-@pytest.mark.parametrize("c", [3, 5, 8, 20])
-def test_top5_matches_top_k_accuracy(c):
-    y, prob = random_case(n=120, c=c, seed=c)
-    k = min(5, c)
-    value = METRICS.get("top5")(y, prob)
-    assert value == pytest.approx(skm.top_k_accuracy_score(y, prob, k=k, labels=np.arange(c)))
-    assert value == pytest.approx(hand_top_k(y, prob, k))
-    if c <= 5:
-        assert value == 1.0
-
-
-def test_top5_with_labels_missing_from_y_true():
-    y, prob = random_case(n=60, c=8, seed=11, classes=[1, 6])
-    assert METRICS.get("top5")(y, prob) == pytest.approx(hand_top_k(y, prob, 5))
-
-
-@pytest.mark.parametrize("c", [2, 3, 4, 10])
-def test_top3_matches_top_k_accuracy(c):
-    y, prob = random_case(n=120, c=c, seed=30 + c)
-    value = METRICS.get("top3")(y, prob)
-    assert value == pytest.approx(hand_top_k(y, prob, min(3, c)))
-    if c > 3:
-        assert value == pytest.approx(skm.top_k_accuracy_score(y, prob, k=3, labels=np.arange(c)))
-        assert value < 1.0
-    else:
-        assert value == 1.0
-
-
-def test_top5_two_classes():
-    # a binary task: top-2 of 2 classes is always right
-    y, prob = random_case(n=20, c=2, seed=12)
-    assert METRICS.get("top5")(y, prob) == 1.0
-
-
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(2, 60), c=st.integers(3, 9), seed=st.integers(0, 2**32 - 1))
 def test_property_metrics_match_hand_definitions(n, c, seed):
@@ -312,122 +257,6 @@ def test_default_mode():
     assert MINIMIZED == {"loss"} | (set(REGRESSION_METRICS.names()) - {"r2"})
 
 
-# --- ranking: mrr, ndcg, map -----------------------------------------------------------------
-def test_ranking_by_hand():
-    # true class 2 is second: RR 1/2, DCG 1/log2(3), AP 1/2.
-    # true class 0 ties with class 3 for places 3-4: counted as 4th for RR and AP, mean discount for NDCG.
-    prob = np.array([[0.1, 0.5, 0.3, 0.1], [0.1, 0.5, 0.3, 0.1], [0.7, 0.1, 0.1, 0.1]])
-    y = np.array([2, 0, 0])
-    assert METRICS.get("mrr")(y, prob) == pytest.approx((1 / 2 + 1 / 4 + 1) / 3)
-    assert METRICS.get("map")(y, prob) == pytest.approx((1 / 2 + 1 / 4 + 1) / 3)
-    tie = (1 / np.log2(4) + 1 / np.log2(5)) / 2
-    assert METRICS.get("ndcg")(y, prob) == pytest.approx((1 / np.log2(3) + tie + 1) / 3)
-
-
-@pytest.mark.parametrize("c", [2, 5, 10])
-def test_constant_prediction_ranks_the_true_class_last(c):
-    # a uniform prediction must not score as if the true class were first
-    y = np.arange(20) % c
-    prob = np.full((20, c), 1 / c)
-    assert METRICS.get("mrr")(y, prob) == pytest.approx(1 / c)
-    assert METRICS.get("map")(y, prob) == pytest.approx(1 / c)
-    assert METRICS.get("ndcg")(y, prob) == pytest.approx(np.mean(1 / np.log2(1 + np.arange(1, c + 1))))
-
-
-def test_perfect_ranking_scores_one():
-    y, prob = random_case(n=50, c=6, seed=40)
-    prob = np.eye(6)[y] * 0.5 + prob * 0.1
-    for name in ["mrr", "ndcg", "map"]:
-        assert METRICS.get(name)(y, prob) == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_ranking_metrics_against_sklearn_and_formulas(case):
-    y, prob = random_case(**CASES[case])
-    c = prob.shape[1]
-    lrap = skm.label_ranking_average_precision_score(one_hot(y, c), prob)
-    assert METRICS.get("mrr")(y, prob) == pytest.approx(lrap, rel=1e-9)
-    assert METRICS.get("mrr")(y, prob) == pytest.approx(hand_mrr(y, prob), rel=1e-9)
-    assert METRICS.get("map")(y, prob) == pytest.approx(hand_map(y, prob), rel=1e-9)
-    assert METRICS.get("ndcg")(y, prob) == pytest.approx(hand_ndcg(y, prob), rel=1e-9)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    n=st.integers(1, 40),
-    c=st.integers(2, 9),
-    seed=st.integers(0, 2**32 - 1),
-    decimals=st.sampled_from([0, 1, 2, 6]),
-)
-def test_property_ranking_metrics(n, c, seed, decimals):
-    # rounding the scores makes ties common: the conventions for ties are part of what is tested
-    y, prob = random_case(n, c, seed)
-    prob = np.round(prob.astype(np.float64), decimals)
-    mrr, map_, ndcg = (METRICS.get(name)(y, prob) for name in ("mrr", "map", "ndcg"))
-    assert mrr == pytest.approx(hand_mrr(y, prob), rel=1e-9)
-    assert map_ == pytest.approx(hand_map(y, prob), rel=1e-9)
-    assert map_ == pytest.approx(mrr, rel=1e-9)  # one relevant class per image
-    assert ndcg == pytest.approx(hand_ndcg(y, prob), rel=1e-9)
-    # with one relevant class, NDCG's log discount is gentler than MRR's 1/rank
-    assert 1 / c - 1e-12 <= mrr <= ndcg + 1e-12 <= 1 + 2e-12
-
-
-def test_hand_average_precision_is_a_real_average_precision():
-    # the test's own reference, checked on a list with two relevant items against sklearn
-    relevant = np.array([1, 0, 1, 0, 0])
-    scores = np.array([0.9, 0.8, 0.4, 0.5, 0.1])
-    # relevant items at ranks 1 and 4: (1/1 + 2/4) / 2
-    assert hand_average_precision(relevant, scores) == pytest.approx(0.75)
-    assert skm.label_ranking_average_precision_score([relevant], [scores]) == pytest.approx(0.75)
-
-
-# --- regression metrics ----------------------------------------------------------------------
-def hand_regression(name, y, p):
-    error = p - y
-    if name == "mae":
-        return np.mean(np.abs(error))
-    if name == "mse":
-        return np.mean(error**2)
-    if name == "rmse":
-        return np.sqrt(np.mean(error**2))
-    if name == "r2":
-        return 1 - np.sum(error**2) / np.sum((y - y.mean()) ** 2)
-    raise AssertionError(f"no reference for regression metric {name}; add one")
-
-
-def test_regression_metric_names():
-    assert REGRESSION_METRICS.names() == ["mae", "mse", "r2", "rmse"]
-
-
-@settings(max_examples=50, deadline=None)
-@given(n=st.integers(2, 50), seed=st.integers(0, 2**32 - 1), scale=st.floats(1e-3, 1e3))
-def test_property_regression_metrics(n, seed, scale):
-    rng = np.random.default_rng(seed)
-    y = rng.normal(size=n) * scale
-    p = y + rng.normal(size=n) * scale * 0.5
-    for name in REGRESSION_METRICS.names():
-        value = REGRESSION_METRICS.get(name)(y, p)
-        assert value == pytest.approx(hand_regression(name, y, p), rel=1e-9, abs=1e-12)
-
-
-def test_regression_metrics_by_hand():
-    y = np.array([1.0, 2.0, 3.0, 4.0])
-    p = np.array([1.5, 2.0, 2.0, 5.0])  # errors 0.5, 0, -1, 1
-    result = compute_regression_metrics(["mae", "mse", "rmse", "r2"], y, p)
-    assert result == pytest.approx(
-        {"val/mae": 0.625, "val/mse": 2.25 / 4, "val/rmse": np.sqrt(2.25 / 4), "val/r2": 1 - 2.25 / 5.0}
-    )
-    assert all(isinstance(v, float) for v in result.values())
-    assert compute_regression_metrics(["mae"], y, y, prefix="test/") == {"test/mae": 0.0}
-
-
-def test_unknown_regression_metric_names_the_known_ones():
-    from trainer.errors import UserError
-
-    with pytest.raises(UserError, match="unknown regression metric 'mape'.*mae, mse, r2, rmse"):
-        compute_regression_metrics(["mape"], np.zeros(3), np.zeros(3))
-
-
 # --- a whole epoch from tensors --------------------------------------------------------------
 def test_epoch_metrics_equals_engine_validate():
     # evaluate computes its numbers with epoch_metrics; they must be the ones the engine records
@@ -463,11 +292,14 @@ def test_labels_and_probabilities():
 
 # --- the metric options ----------------------------------------------------------------------
 def metric_option(name):
-    import yaml
+    """The metric names of `metric=<name>`, as Hydra composes them."""
+    from hydra import compose, initialize_config_dir
 
-    from conftest import REPO
+    from trainer.config.schema import CONF_DIR, register_configs
 
-    return yaml.safe_load((REPO / "conf" / "metric" / f"{name}.yaml").read_text())["names"]
+    register_configs()
+    with initialize_config_dir(CONF_DIR, version_base=None):
+        return list(compose("train", overrides=[f"metric={name}"]).metric.names)
 
 
 def test_metric_all_lists_every_metric():

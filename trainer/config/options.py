@@ -226,7 +226,9 @@ class AllMetrics:
 
 @dataclass
 class RankingMetrics:
-    """The classes ranked by probability, the true class the one relevant answer."""
+    """mrr, ndcg: each image's classes ranked by probability, the true class the one relevant answer;
+    map: each class's images ranked by that class's probability, its own images the relevant ones
+    (average precision per class, averaged over the classes in the split)."""
 
     names: List[str] = field(default_factory=lambda: ["accuracy", "mrr", "ndcg", "map"])
 
