@@ -260,3 +260,20 @@ def test_every_option_file_has_a_schema():
     for group in SCHEMAS:
         files = {os.path.basename(path)[:-5] for path in glob.glob(os.path.join(CONF_DIR, group, "*.yaml"))}
         assert files == set(SCHEMAS[group]), (group, files ^ set(SCHEMAS[group]))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "lr_preview", "export"])
+def test_command_files_state_no_values_of_their_own(command):
+    """A command's YAML holds its Hydra settings (help text, job name, logging) and names its schema; its
+    settings' defaults and comments live in the schema (`--help` reads them there)."""
+    import os
+
+    import yaml
+
+    from trainer.config.schema import CONF_DIR
+
+    path = os.path.join(CONF_DIR, f"{command}.yaml")
+    if not os.path.isfile(path):
+        pytest.skip(f"no conf/{command}.yaml")
+    own = sorted(set(yaml.safe_load(open(path))) - {"defaults", "hydra"})
+    assert not own, f"conf/{command}.yaml restates {own}; state them once, in its schema"

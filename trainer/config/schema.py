@@ -73,26 +73,30 @@ class LrPreviewConfig(TrainConfig):
 
 @dataclass
 class EvaluateConfig:
-    ckpt_path: str = MISSING
-    device: str = "auto"
+    ckpt_path: str = MISSING  # required: a checkpoint of a run (best.ckpt, last.ckpt or an epoch file)
+    device: str = "auto"  # auto (a CUDA GPU if there is one, else cpu) | cpu | cuda | cuda:N
     progress: bool = True  # accepted for symmetry with training; evaluate draws no progress bar
-    output: Optional[str] = None  # JSON path; default: <checkpoint>.metrics.json beside it
+    output: Optional[str] = None  # the metrics JSON; null: <checkpoint stem>.metrics.json beside the checkpoint
 
 
 @dataclass
 class PredictConfig:
-    ckpt_path: str = MISSING
-    input: str = MISSING  # a folder (every image under it), a CSV with a column of paths, or one image
-    output: str = "predictions.csv"
-    overwrite: bool = False
-    tta: str = "none"  # none | flip (average the probabilities, or regression values, with the horizontal mirror's)
-    batch_size: int = 64
-    num_workers: Optional[int] = None  # null: one loader process per CPU core this process may use
-    device: str = "auto"
-    path_column: Optional[str] = None  # CSV input: null = the training CSV's column, else "path"
-    image_dir: Optional[str] = None  # CSV input: paths are relative to it; null: the CSV's folder
-    path_suffix: Optional[str] = None  # CSV input: appended to each path; null: the training CSV's data.path_suffix
-    skip_bad_files: bool = False
+    ckpt_path: str = MISSING  # required: a checkpoint of a data=image_folder or data=csv run
+    input: str = MISSING  # required: a folder (every image under it), a CSV with a column of paths, or one image
+    output: str = "predictions.csv"  # the CSV written (its folders are created)
+    overwrite: bool = False  # an existing output file is refused unless true
+    tta: str = "none"  # none | flip: average the probabilities (regression: the values) of each image and its mirror
+    batch_size: int = 64  # images per forward pass
+    num_workers: Optional[int] = None  # null: one per CPU core this process may use
+    device: str = "auto"  # auto (a CUDA GPU if there is one, else cpu) | cpu | cuda | cuda:N
+    path_column: Optional[str] = None  # CSV input: the column of paths (null: the training CSV's path_column, else "path")
+    image_dir: Optional[str] = None  # CSV input: the paths are relative to it (null: the CSV's folder)
+    path_suffix: Optional[str] = None  # CSV input: appended to each path (null: the training CSV's data.path_suffix, else none)
+    skip_bad_files: bool = False  # true: leave out unreadable images with a warning instead of stopping
+
+
+# The schema of each command's own config (conf/<name>.yaml), whose --help lists its settings.
+COMMAND_SCHEMAS = {"evaluate": EvaluateConfig, "predict": PredictConfig}
 
 
 def register_configs() -> None:

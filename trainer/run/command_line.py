@@ -9,12 +9,13 @@ against the schemas here, before anything is composed or created.
 """
 
 import os
+import re
 import shutil
 import sys
 from typing import Dict, Iterable, List, Optional, Set
 
 from trainer.config.options import SCHEMAS
-from trainer.config.schema import CONF_DIR, TrainConfig
+from trainer.config.schema import COMMAND_SCHEMAS, CONF_DIR, TrainConfig
 from trainer.engine.place import launched_by_torchrun
 from trainer.engine.resume import checkpoint_of, run_dir_of
 
@@ -297,23 +298,39 @@ def print_help(argv: List[str]) -> bool:
     return True
 
 
+def schema_settings(schema) -> List[str]:
+    """`key: default  # comment` for each field of a schema dataclass, the comment as its source states it."""
+    import dataclasses
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    comments = {}
+    for line in inspect.getsource(schema).splitlines():
+        match = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if match and match.group(2):
+            comments[match.group(1)] = match.group(2)
+    defaults = OmegaConf.structured(schema)
+    lines = []
+    for field in dataclasses.fields(schema):
+        value = "???" if OmegaConf.is_missing(defaults, field.name) else OmegaConf.to_yaml({"v": defaults[field.name]})[3:].strip()
+        setting = f"{field.name}: {value}"
+        comment = comments.get(field.name)
+        lines.append(f"{setting:<19} # {comment}" if comment else setting)
+    return lines
+
+
 def print_command_help(config_name: str, argv: List[str]) -> bool:
     """`--help` of a command with its own config (evaluate, predict): the header, every setting with its
-    default and comment as conf/<config_name>.yaml states them, and the footer's examples. Hydra's own
-    help would list the trainer's config groups, which these commands do not read, and print the
-    settings without their comments. Reads one YAML file: no torch, no composition."""
+    default and comment as its schema states them (`config.schema.COMMAND_SCHEMAS`), and the footer's
+    examples. Hydra's own help would list the trainer's config groups, which these commands do not read,
+    and print the settings without their comments. No torch, no composition."""
     if not {"--help", "-h"} & set(argv[1:]):
         return False
     from omegaconf import OmegaConf
 
-
-    path = os.path.join(CONF_DIR, config_name + ".yaml")
-    with open(path) as f:
-        text = f.read()
-    help_cfg = OmegaConf.load(path).hydra.help
-    # The settings are the file's top-level keys but the defaults list and Hydra's own block.
-    settings = [line for line in text.splitlines()
-                if line[:1].isalpha() and not line.startswith(("defaults:", "hydra:"))]
+    help_cfg = OmegaConf.load(os.path.join(CONF_DIR, config_name + ".yaml")).hydra.help
+    settings = schema_settings(COMMAND_SCHEMAS[config_name])
     print(help_cfg.header.rstrip() + "\n\n== Settings (key=value; ??? = required) ==\n\n" + "\n".join(settings)
           + "\n\n" + help_cfg.footer.rstrip())
     return True
