@@ -132,7 +132,7 @@ def assert_refused(result, *parts):
 def test_cli_requires_the_data_location(cli, tmp_path):
     from omegaconf import OmegaConf
 
-    from trainer.run.assembly import normalise_config
+    from trainer.run.checks import normalise_config
 
     assert_refused(cli("trainer", "data=image_folder", f"hydra.run.dir={tmp_path / 'run'}"), "data.root is required")
     cfg = OmegaConf.create({"data": {"name": "csv", "csv": "???"}, "model": {"name": "cnn"}})

@@ -12,7 +12,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from trainer.errors import UserError
-from trainer.reporting.plots import CURVES_PNG, draw_curves
+from trainer.reporting import plots
 from trainer.reporting.tables import format_value
 
 log = logging.getLogger("trainer")
@@ -150,7 +150,7 @@ class CurvesPlot(Callback):
 
         self.last_drawn = time.perf_counter()
         try:
-            draw_curves([dict(row) for row in engine.history], engine.monitor, self.path, best_epoch=engine.best_epoch)
+            plots.draw_curves([dict(row) for row in engine.history], engine.monitor, self.path, best_epoch=engine.best_epoch)
         except Exception as error:  # a picture is not worth a training run: warn once and go on
             self.broken = True
             log.warning(f"curves.png not drawn ({type(error).__name__}: {error}); redraw later with python -m trainer.report")
@@ -195,7 +195,7 @@ def run_callbacks(cfg, run_dir: str) -> List[Callback]:
     """The observers of a training run, chosen by the config."""
 
     callbacks: List[Callback] = [
-        EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv")), CurvesPlot(os.path.join(run_dir, CURVES_PNG))
+        EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv")), CurvesPlot(os.path.join(run_dir, plots.CURVES_PNG))
     ]
     if progress_wanted(cfg.progress):
         callbacks.append(RichProgress())
