@@ -282,6 +282,16 @@ class PredictConfig:
     skip_bad_files: bool = False
 
 
+@dataclass
+class ExportConfig:
+    ckpt_path: str = MISSING
+    format: str = "onnx"  # onnx | torchscript
+    output: Optional[str] = None  # null: beside the checkpoint, <stem>.onnx or <stem>.torchscript.pt
+    overwrite: bool = False  # an existing model file (or its .json) is refused unless true
+    check_batches: int = 4  # validation batches the exported model is compared on (and one single image)
+    tolerance: float = 1e-4  # the largest |difference| of probabilities (regression: values) the check accepts
+
+
 # --- data: datasets of image files ---------------------------------------------------------
 @dataclass
 class ImageData:
@@ -391,6 +401,7 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="lr_preview_schema", node=LrPreviewConfig)
     cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(name=f"{group}_{name}_schema", node=node)
