@@ -13,17 +13,6 @@ from conftest import cli_env, read_csv, read_json, run_module
 NARROW = {"COLUMNS": "80"}
 
 
-@pytest.fixture(scope="module")
-def ema_run(tmp_path_factory):
-    """One digits epoch that keeps a fast EMA and chooses its checkpoints by it. After a single epoch the EMA
-    still lags far behind the raw weights, so the two score very differently."""
-    root = tmp_path_factory.mktemp("ema_run")
-    result = run_module("trainer", "trainer.max_epochs=1", "trainer.ema_decay=0.9", "monitor=val_ema/f1", "progress=false",
-                        "hydra.run.dir=run", cwd=root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return root / "run"
-
-
 def test_evaluate_reports_the_weights_the_checkpoint_was_chosen_by(ema_run, tmp_path):
     result = run_module("trainer.evaluate", f"ckpt_path={ema_run / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path,
                         env_extra=NARROW)
