@@ -99,7 +99,7 @@ def export(cfg: DictConfig) -> dict:
     model = checkpoint_model(ckpt, run_cfg, path)
     batches = model_export.first_batches(data.val_loader, cfg.check_batches)
     if not batches:
-        raise UserError(f"the run's validation split is empty: no image to check the exported model on")
+        raise UserError("the run's validation split is empty: no image to check the exported model on")
     batches.append(batches[0][:1])  # one single image: the batch axis really is dynamic
 
     directory = os.path.dirname(os.path.abspath(output))
@@ -119,8 +119,9 @@ def export(cfg: DictConfig) -> dict:
             exported, runtime = torchscript_runner(tmp, cpu), f"torch.jit.load (torch {torch.__version__})"
         difference, images = model_export.max_difference(model, exported, batches, regression)
         what = "values" if regression else "probabilities"
-        print(f"check: {runtime} vs PyTorch on {images} validation images ({len(batches) - 1} batches and a batch "
-              f"of one): max abs difference of {what} {difference:.3g} (tolerance {cfg.tolerance:g})", flush=True)
+        full = len(batches) - 1
+        print(f"check: {runtime} vs PyTorch on {images} validation images ({full} batch{'es' if full > 1 else ''} and a "
+              f"batch of one): max abs difference of {what} {difference:.3g} (tolerance {cfg.tolerance:g})", flush=True)
         if not difference <= cfg.tolerance:
             raise UserError(f"the exported model's {what} differ from PyTorch's by up to {difference:.3g}, more than "
                             f"tolerance={cfg.tolerance:g}; nothing was written (raise tolerance= to keep it anyway)")

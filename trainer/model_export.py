@@ -79,10 +79,12 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, regres
 
 def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str, model_name: str) -> None:
     """torch.jit.trace: records the operations of one forward pass, which any model of this trainer is
-    (no data-dependent control flow at inference); the check then runs other batch sizes."""
+    (no data-dependent control flow at inference); the check then runs other batch sizes. The tracer's
+    warnings that a recorded Python value might not generalise are left unsaid: the check is what tells."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(model, example)
             torch.jit.save(traced, path)
     except Exception as err:
