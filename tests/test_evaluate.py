@@ -1,5 +1,5 @@
-"""`python -m trainer.evaluate`: the weights it reports, its tables at 80 columns, and the help of evaluate
-and predict. Runs the real commands in subprocesses."""
+"""`python -m trainer.evaluate`: the weights it reports, its tables at 80 columns, and the help of evaluate,
+predict and export. Runs the real commands in subprocesses."""
 
 import io
 import subprocess
@@ -77,6 +77,8 @@ HELP_KEYS = {
     "trainer.evaluate": ("ckpt_path: ???", "# required", "output: null", "metrics.json", "device: auto"),
     "trainer.predict": ("ckpt_path: ???", "input: ???", "tta: none", "# none | flip", "skip_bad_files: false",
                         "path_column: null"),
+    "trainer.export": ("ckpt_path: ???", "format: onnx", "# onnx (needs pip install 'trainer[export]') | torchscript",
+                       "overwrite: false", "tolerance: 0.0001"),
 }
 
 

@@ -136,20 +136,6 @@ def test_missing_onnx_packages_name_the_extra_to_install(tmp_path, monkeypatch):
         onnx_runner(str(tmp_path / "model.onnx"), torch.device("cpu"))
 
 
-def test_help_lists_the_settings_with_comments_without_importing_torch(tmp_path):
-    code = ("import runpy, sys\nsys.argv = ['trainer.export', '--help']\n"
-            "runpy.run_module('trainer.export', run_name='__main__')\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'timm', 'onnx', 'onnxruntime') if m in sys.modules))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("trainer.export: ")
-    for expected in ("ckpt_path: ???", "format: onnx        # onnx (needs pip install 'trainer[export]') | torchscript",
-                     "overwrite: false", "tolerance: 0.0001", "python -m trainer.export ckpt_path="):
-        assert expected in result.stdout, expected
-    assert "HEAVY []" in result.stdout
-
-
 # --- slow: TorchScript, a failed check, predict from exported files, an architecture the exporter fails on ---
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")

@@ -9,7 +9,7 @@ import math
 import os
 import traceback
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List
 
 import torch
 
@@ -42,9 +42,12 @@ def exporter_reason(err: BaseException) -> str:
     first = strip_ansi(str(err)).strip().split("\n")[0]
     step = first.split(". ")[0].rstrip(".") if first else type(err).__name__
     root, seen = err, {id(err)}
-    while (root.__cause__ or root.__context__) is not None and id(root.__cause__ or root.__context__) not in seen:
-        root = root.__cause__ or root.__context__
-        seen.add(id(root))
+    while True:
+        inner = root.__cause__ or root.__context__
+        if inner is None or id(inner) in seen:
+            break
+        root = inner
+        seen.add(id(inner))
     text = strip_ansi(str(root)).strip().split("\n")[0]
     if not text:
         frames = traceback.extract_tb(root.__traceback__)
@@ -183,7 +186,7 @@ def first_batches(loader, count: int) -> List[torch.Tensor]:
     return batches
 
 
-def example_batch(batches: List[torch.Tensor]) -> Optional[torch.Tensor]:
+def example_batch(batches: List[torch.Tensor]) -> torch.Tensor:
     """Two images to trace with: a batch of one would let the exporter treat the batch size as fixed."""
     first = batches[0]
     return first[:2] if len(first) >= 2 else torch.cat([first, first])
