@@ -100,6 +100,7 @@ def test_bad_requests_are_refused_in_one_line_and_nothing_is_overwritten(tmp_pat
         (("ckpt_path=missing/best.ckpt",), "checkpoint 'missing/best.ckpt' does not exist"),
         ((f"ckpt_path={ckpt}", "format=tflite"), "format=tflite is not valid; use one of: onnx, torchscript"),
         ((f"ckpt_path={ckpt}", "check_batches=0"), "check_batches=0 is not valid; use an integer >= 1"),
+        ((f"ckpt_path={ckpt}", f"output={tmp_path}"), f"output={tmp_path} is a folder; name the model file"),
         ((f"ckpt_path={ckpt}", f"output={tmp_path / 'model.onnx'}"), f"{earlier} already exists; choose another output="),
     ]
     for args, message in cases:

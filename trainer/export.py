@@ -51,6 +51,9 @@ def check_request(cfg: DictConfig) -> str:
     if not os.path.isfile(cfg.ckpt_path):
         raise UserError(f"checkpoint '{cfg.ckpt_path}' does not exist")
     output = output_path(cfg)
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        raise UserError(f"output={output} is a folder; name the model file, e.g. output={os.path.join(output, 'model')}"
+                        f"{FORMATS[cfg.format]}")
     if os.path.abspath(output) == os.path.abspath(cfg.ckpt_path):
         raise UserError(f"output={output} is the checkpoint itself; choose another file")
     if not cfg.overwrite:
