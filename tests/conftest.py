@@ -57,6 +57,18 @@ def trained_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def ema_run(tmp_path_factory):
+    """One digits epoch that keeps a fast EMA and chooses its checkpoints by it, shared by the evaluate and
+    export tests. After a single epoch the EMA still lags far behind the raw weights, so the two score very
+    differently, and a use of the wrong ones shows."""
+    root = tmp_path_factory.mktemp("ema_run")
+    result = run_module("trainer", "trainer.max_epochs=1", "trainer.ema_decay=0.9", "monitor=val_ema/f1", "progress=false",
+                        "hydra.run.dir=run", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "run"
+
+
 def schedule_rates(optimizer, schedule, epochs: int, steps_per_epoch: int, monitored: float = 0.0) -> list:
     """The learning rate of every optimizer step of `epochs` epochs, the schedule stepped as Engine.fit and
     train_epoch step it (after each optimizer step, and after each epoch with the monitored value)."""

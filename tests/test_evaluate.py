@@ -1,5 +1,5 @@
-"""`python -m trainer.evaluate`: the weights it reports, its tables at 80 columns, and the help of evaluate
-and predict. Runs the real commands in subprocesses."""
+"""`python -m trainer.evaluate`: the weights it reports, its tables at 80 columns, and the help of evaluate,
+predict and export. Runs the real commands in subprocesses."""
 
 import io
 import subprocess
@@ -11,17 +11,6 @@ import pytest
 from conftest import cli_env, read_csv, read_json, run_module
 
 NARROW = {"COLUMNS": "80"}
-
-
-@pytest.fixture(scope="module")
-def ema_run(tmp_path_factory):
-    """One digits epoch that keeps a fast EMA and chooses its checkpoints by it. After a single epoch the EMA
-    still lags far behind the raw weights, so the two score very differently."""
-    root = tmp_path_factory.mktemp("ema_run")
-    result = run_module("trainer", "trainer.max_epochs=1", "trainer.ema_decay=0.9", "monitor=val_ema/f1", "progress=false",
-                        "hydra.run.dir=run", cwd=root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return root / "run"
 
 
 def test_evaluate_reports_the_weights_the_checkpoint_was_chosen_by(ema_run, tmp_path):
@@ -88,6 +77,8 @@ HELP_KEYS = {
     "trainer.evaluate": ("ckpt_path: ???", "# required", "output: null", "metrics.json", "device: auto"),
     "trainer.predict": ("ckpt_path: ???", "input: ???", "tta: none", "# none | flip", "skip_bad_files: false",
                         "path_column: null"),
+    "trainer.export": ("ckpt_path: ???", "format: onnx", "# onnx (needs pip install 'trainer[export]') | torchscript",
+                       "overwrite: false", "tolerance: 0.0001"),
 }
 
 

@@ -23,6 +23,7 @@ LAYERS = [
     {"reporting"},
     {"sweeps"},
     {"run"},
+    {"deployment"},
     {"__main__", "evaluate", "predict", "lr_preview", "report", "export"},  # the commands
 ]
 MAX_LINES = 400

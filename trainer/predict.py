@@ -5,6 +5,9 @@ One row per image: its path, the predicted class and the probability of every cl
 transform come from the checkpoint alone (its stored config, class names and the weights it was
 chosen by: the EMA when the run monitored `val_ema/...`). `tta=flip` averages the probabilities
 (or values) of each image and its mirror image.
+
+`ckpt_path` may also be a model `python -m trainer.export` wrote (ONNX or TorchScript, with its JSON
+beside it): the same CSV, from onnxruntime or torch.jit instead of the checkpoint (`inference_model`).
 """
 
 import sys
@@ -18,7 +21,6 @@ from trainer.run.command_line import print_command_help
 
 register_configs()
 
-REQUIRED_KEYS = ("model", "config", "class_names")
 TTA_MODES = ("none", "flip")
 
 
@@ -47,33 +49,28 @@ def predict(cfg: DictConfig) -> str:
 
     # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
     import torch
-    from omegaconf import OmegaConf
 
-    from trainer.checkpointing.checkpoint import chosen_by_ema, chosen_weights, load_model_state, read_checkpoint
     from trainer.data import images
     from trainer.data.loaders import available_cpus, seed_worker
     from trainer.data.transforms import decode_size, eval_transform, resolve_input
-    from trainer.parts.models import build_model
+    from trainer.deployment.inference_model import load_inference_model
+    from trainer.errors import UserError
     from trainer.run import checks, environment
 
     device = environment.resolve_device(cfg.device)
 
-    ckpt = read_checkpoint(cfg.ckpt_path)
-    missing = [key for key in REQUIRED_KEYS if not (isinstance(ckpt, dict) and key in ckpt)]
-    if missing:
-        raise UserError(f"'{cfg.ckpt_path}' is not a trainer checkpoint (missing: {', '.join(missing)})")
-    run_cfg = OmegaConf.create(ckpt["config"])
-    data = run_cfg.data
+    source = load_inference_model(cfg.ckpt_path, device)  # a checkpoint or an exported model
+    data = source.data
     if "channels" not in data:
         raise UserError(f"'{cfg.ckpt_path}' was trained on data={data.name}, not on image files, so it has no "
                         "image transform to predict with; use a checkpoint of a data=image_folder or data=csv run")
-    class_names = [str(name) for name in ckpt["class_names"]]
+    class_names = source.class_names
 
     paths, shown, path_header = list_inputs(cfg, data)
     paths, shown = images.drop_bad_files(paths, shown, cfg.skip_bad_files, f"input={cfg.input}", skip_key="skip_bad_files")
     if not paths:
         raise UserError(f"input={cfg.input}: no readable image is left to predict")
-    spec = resolve_input(run_cfg.model.name, data.channels, *(data[key] for key in checks.INPUT_KEYS))
+    spec = resolve_input(source.model_name, data.channels, *(data[key] for key in checks.INPUT_KEYS))
     dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"], decode_size(spec))
     workers = available_cpus() if cfg.num_workers is None else cfg.num_workers
     loader = torch.utils.data.DataLoader(
@@ -81,19 +78,8 @@ def predict(cfg: DictConfig) -> str:
         worker_init_fn=seed_worker if workers > 0 else None,
     )
 
-    regression = run_cfg.get("task", "classification") == "regression"
-    model_cfg = checks.plain(run_cfg.model)
-    model_cfg["weights"] = None  # the checkpoint holds the weights
-    if "pretrained" in model_cfg:
-        model_cfg["pretrained"] = False
-    # A regression model has one output, the predicted value; a classifier one logit per class.
-    model = build_model(model_cfg, in_chans=data.channels, num_classes=1 if regression else len(class_names))
-    load_model_state(model, chosen_weights(ckpt), cfg.ckpt_path)
-    model.to(device).eval()
-
-    def outputs(batch):
-        out = model(batch).float()
-        return out.reshape(-1, 1) if regression else torch.softmax(out, dim=1)
+    regression = source.regression
+    outputs = source.load()  # probabilities, or a regression model's values
 
     results, failures = [], []
     with torch.inference_mode():
@@ -121,8 +107,7 @@ def predict(cfg: DictConfig) -> str:
     else:
         write_predictions(cfg.output, path_header, names, results[keep], class_names)
         what = f"{len(class_names)} classes"
-    weights = f", EMA weights: the run monitored {ckpt['monitor']}" if chosen_by_ema(ckpt) else ""
-    print(f"written: {cfg.output} ({len(keep)} images, {what}, tta={cfg.tta}{weights})")
+    print(f"written: {cfg.output} ({len(keep)} images, {what}, tta={cfg.tta}{source.described})")
     return cfg.output
 
 

@@ -343,4 +343,3 @@ class TensorBoardLogger:
 
 
 SCHEMAS["logger"] = {"none": NoLogger, "tensorboard": TensorBoardLogger}
-

@@ -81,7 +81,7 @@ class EvaluateConfig:
 
 @dataclass
 class PredictConfig:
-    ckpt_path: str = MISSING  # required: a checkpoint of a data=image_folder or data=csv run
+    ckpt_path: str = MISSING  # required: a checkpoint of a data=image_folder or data=csv run, or a model trainer.export wrote from one
     input: str = MISSING  # required: a folder (every image under it), a CSV with a column of paths, or one image
     output: str = "predictions.csv"  # the CSV written (its folders are created)
     overwrite: bool = False  # an existing output file is refused unless true
@@ -95,8 +95,18 @@ class PredictConfig:
     skip_bad_files: bool = False  # true: leave out unreadable images with a warning instead of stopping
 
 
+@dataclass
+class ExportConfig:
+    ckpt_path: str = MISSING  # required: a checkpoint of a run (best.ckpt, last.ckpt or an epoch file)
+    format: str = "onnx"  # onnx (needs pip install 'trainer[export]') | torchscript
+    output: Optional[str] = None  # the model file; null: beside the checkpoint, <stem>.onnx or <stem>.torchscript.pt
+    overwrite: bool = False  # an existing model file (or its .json) is refused unless true
+    check_batches: int = 4  # validation batches the exported model is compared with PyTorch on (and one single image)
+    tolerance: float = 1e-4  # the largest |difference| of probabilities (regression: values) the check accepts
+
+
 # The schema of each command's own config (conf/<name>.yaml), whose --help lists its settings.
-COMMAND_SCHEMAS = {"evaluate": EvaluateConfig, "predict": PredictConfig}
+COMMAND_SCHEMAS = {"evaluate": EvaluateConfig, "predict": PredictConfig, "export": ExportConfig}
 
 
 def register_configs() -> None:
@@ -105,6 +115,7 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="lr_preview_schema", node=LrPreviewConfig)
     cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(name=f"{group}_{name}_schema", node=node)

@@ -10,7 +10,7 @@ Order of the work for image files: list, check (bad files refused or left out), 
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ class DataBundle:
     # training batch, `inputs, soft_targets = mixup(inputs, targets)`, and gives the (batch, classes)
     # soft targets to the configured loss (each has a soft form); validation keeps the labels.
     mixup: Optional[Any] = None
+    # digits only: the (mean, std) of the training split its in-memory tensors (pixel values / 16) were
+    # normalised by, which an exported model's users must apply too. Image files: the transform's, from the config.
+    tensor_normalisation: Optional[Tuple[float, float]] = None
 
     @property
     def num_classes(self) -> int:
@@ -122,7 +125,8 @@ def digits(batch_size: int, val_fraction: float, image_size: int, num_workers: i
     train_labels = labels[train_idx.numpy()]
     train_loader, val_loader = make_loaders(train_set, val_set, batch_size, num_workers, seed, pin_memory,
                                             sampler=sampler, train_labels=train_labels)
-    return DataBundle(train_loader, val_loader, class_names, 1, train_labels)
+    return DataBundle(train_loader, val_loader, class_names, 1, train_labels,
+                      tensor_normalisation=(float(mean), float(std)))
 
 
 # --- datasets of image files ----------------------------------------------------------------
