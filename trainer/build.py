@@ -1,7 +1,6 @@
 """Turn a composed config into the parts of a run: checks first, then data, model, loss, optimizer, schedule."""
 
 import logging
-import math
 import os
 import random
 from typing import Any, Dict
@@ -19,6 +18,7 @@ from trainer.metrics import METRICS, REGRESSION_METRICS, default_mode
 from trainer.models import build_model
 from trainer.optim import OPTIMIZERS, SCHEDULERS, check_rates, check_schedule
 from trainer.registry import build
+from trainer.validation_schedule import ValidationSchedule, check_validation_settings
 
 
 def plain(cfg: DictConfig) -> Dict[str, Any]:
@@ -46,7 +46,13 @@ def check_config(cfg: DictConfig) -> None:
     if t.accumulate < 1:
         raise UserError(f"trainer.accumulate={t.accumulate} is not valid; use an integer >= 1 (1 = no accumulation)")
     if t.patience is not None and t.patience < 1:
-        raise UserError(f"trainer.patience={t.patience} is not valid; use an integer >= 1, or null for no early stopping")
+        raise UserError(f"trainer.patience={t.patience} is not valid; use an integer >= 1 (validations without "
+                        "improvement), or null for no early stopping")
+    check_validation_settings(t)
+    every = cfg.logger.get("log_every_n_steps")
+    if every is not None and every < 0:
+        raise UserError(f"logger.log_every_n_steps={every} is not valid; use an integer >= 1 (optimizer steps), "
+                        "or 0 or null for no per-step scalars")
     for key in ("grad_clip_norm", "grad_clip_value"):
         if t[key] is not None and t[key] <= 0:
             raise UserError(f"trainer.{key}={t[key]} is not valid; use a number > 0, or null")
@@ -230,7 +236,7 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch:
     optimizer = build(OPTIMIZERS, plain(cfg.optimizer), model=model)
     schedule = build(
         SCHEDULERS, plain(cfg.scheduler), optimizer=optimizer, max_epochs=cfg.trainer.max_epochs,
-        steps_per_epoch=steps_per_epoch, mode=monitor_mode(cfg),
+        steps_per_epoch=steps_per_epoch, max_steps=cfg.trainer.get("max_steps"), mode=monitor_mode(cfg),
     )
     return optimizer, schedule
 
@@ -251,6 +257,10 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
         min_delta=t.min_delta,
         save_top_k=cfg.checkpoint.save_top_k,
         save_checkpoints=not t.fast_dev_run,
+        val_every_n_epochs=t.val_every_n_epochs,
+        val_check_interval=t.val_check_interval,
+        max_steps=t.max_steps,
+        log_every_n_steps=cfg.logger.get("log_every_n_steps"),
     )
 
 
@@ -291,11 +301,18 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         # goes on with the run's seed, so a single-process run draws exactly what it drew before.
         seed_everything(distributed.rank_seed(cfg.seed, place.rank))
     train_loader, val_loader = training_loaders(cfg, data)
-    optimizer, schedule = build_optimization(cfg, model, math.ceil(len(train_loader) / cfg.trainer.accumulate))
+    loop = loop_settings(cfg)
+    validations = ValidationSchedule.of(loop, len(train_loader))  # checks val_check_interval against the epoch
+    if loop.max_steps is not None and loop.max_steps > validations.run_steps:
+        logging.getLogger("trainer").warning(
+            f"warning: trainer.max_steps={loop.max_steps} is more than the {validations.run_steps} optimizer steps of "
+            f"trainer.max_epochs={loop.max_epochs}; the run ends after {loop.max_epochs} epochs: raise trainer.max_epochs "
+            "for a longer run")
+    optimizer, schedule = build_optimization(cfg, model, validations.steps_per_epoch)
     engine = Engine(
         model, loss_fn, optimizer, schedule, cfg.metric.names,
         device=device,
-        loop=loop_settings(cfg),
+        loop=loop,
         ema=ema,
         mixup=getattr(data, "mixup", None),
         target_values=regression_targets(cfg, data),

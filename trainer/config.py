@@ -220,13 +220,20 @@ class TrainerSettings:
     compile: bool = False
     sync_batchnorm: bool = False  # with torchrun on GPUs: batch statistics over all processes
     deterministic: bool = False
-    patience: Optional[int] = None  # early stopping: epochs without improvement of `monitor`
+    patience: Optional[int] = None  # early stopping: validations (not epochs) without improvement of `monitor`
     min_delta: float = 0.0
     on_nonfinite: str = "stop"  # stop | skip: what a NaN or infinite training loss does
     limit_train_batches: Any = None  # int: that many batches; float in (0, 1]: that share of them
     limit_val_batches: Any = None
     fast_dev_run: bool = False  # one train and one val batch, one epoch, no checkpoints
     overfit_batches: int = 0  # train and validate on the same first N training batches
+    # When to validate. Every validation is a row of metrics.csv (keyed by epoch and optimizer step) and a chance
+    # for best.ckpt, top-k, early stopping and scheduler=plateau, which all count validations, not epochs.
+    val_every_n_epochs: int = 1  # validate after every N-th epoch; the run's last epoch is always validated
+    # also validate inside the epochs that are validated: a float in (0, 1] = every that share of an epoch's
+    # optimizer steps, an int = every that many optimizer steps; null: only at the end of the epoch
+    val_check_interval: Any = None
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (or at max_epochs, whichever comes first)
 
 
 @dataclass
@@ -372,12 +379,19 @@ SCHEMAS = {
 
 # --- logger: where per-epoch scalars go besides metrics.csv and curves.png -------------------
 @dataclass
-class NoLogger:
+class LoggerBase:
+    # train loss, learning rate and gradient norm of every N-th optimizer step, to metrics_steps.csv (and to
+    # TensorBoard with logger=tensorboard), read from the device once per N steps; 0 or null: off
+    log_every_n_steps: Optional[int] = 50
+
+
+@dataclass
+class NoLogger(LoggerBase):
     name: str = "none"
 
 
 @dataclass
-class TensorBoardLogger:
+class TensorBoardLogger(LoggerBase):
     name: str = "tensorboard"
     log_dir: str = "tensorboard"  # relative to the run directory
 

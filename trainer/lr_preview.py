@@ -28,16 +28,20 @@ def schedule_lrs(cfg: DictConfig, steps_per_epoch: int, model) -> list:
     import warnings
 
     from trainer import build
+    from trainer.validation_schedule import run_steps
 
     optimizer, schedule = build.build_optimization(cfg, model, steps_per_epoch)
+    total = run_steps(cfg.trainer.max_epochs, steps_per_epoch, cfg.trainer.get("max_steps"))  # max_steps may end it
     rows = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
         for epoch in range(1, cfg.trainer.max_epochs + 1):
-            for step in range(steps_per_epoch):
+            for step in range(min(steps_per_epoch, total - len(rows))):
                 rows.append((epoch, step, [group["lr"] for group in optimizer.param_groups]))
                 schedule.after_optimizer_step()
             schedule.after_epoch(0.0)
+            if len(rows) == total:
+                break
     return rows
 
 
