@@ -50,7 +50,8 @@ class EpochLog(Callback):
 
     def on_fit_end(self, engine, summary) -> None:
         best = "none" if summary["best_value"] is None else format_value(summary["best_value"])
-        step = f" (optimizer step {summary['best_step']})" if engine.validations and engine.validations.inside_epochs else ""
+        validations = getattr(engine, "validations", None)
+        step = f" (optimizer step {summary['best_step']})" if validations and validations.inside_epochs else ""
         log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}{step}")
 
 
@@ -147,7 +148,8 @@ class RichProgress(Callback):
     def on_epoch_start(self, engine, epoch) -> None:
         description = f"epoch {epoch}/{engine.max_epochs}"
         train_batches, val_batches = self.batches  # the validations this epoch will run, each over val_batches
-        validations = engine.validations.validations_in(epoch) if engine.validations is not None else 1
+        plan = getattr(engine, "validations", None)
+        validations = plan.validations_in(epoch) if plan is not None else 1
         self.total = train_batches + val_batches * validations
         if self.task is None:
             self.task = self.progress.add_task(description, total=self.total)
@@ -200,7 +202,7 @@ class CurvesPlot(Callback):
         self.last_drawn = time.perf_counter()
         try:
             draw_curves([dict(row) for row in engine.history], engine.monitor, self.path, best_epoch=engine.best_epoch,
-                        best_step=engine.best_step)
+                        best_step=getattr(engine, "best_step", None))
         except Exception as error:  # a picture is not worth a training run: warn once and go on
             self.broken = True
             log.warning(f"curves.png not drawn ({type(error).__name__}: {error}); redraw later with python -m trainer.report")

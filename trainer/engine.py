@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-from trainer.batches import accumulation_scales, loader_batch_sizes
 from trainer import run_state
+from trainer.batches import accumulation_scales, loader_batch_sizes
 from trainer.checkpoint import monitors_ema, set_rng_state
 from trainer.distributed import Place, all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.errors import UserError
@@ -136,7 +136,7 @@ class Engine:
         self._rank_rng: Optional[list] = None  # every rank's random streams, for rank 0's checkpoints
         self.validations: Optional[ValidationSchedule] = None  # known once the training loader's length is
         self.since_record = TrainSinceRecord(count_correct=self.mixup is None and self.target_values is None)
-        self.step_scalars = StepScalars(self.loop.log_every_n_steps)
+        self.step_scalars = StepScalars(self.loop.log_every_n_steps if self.callbacks else None)  # rank 0's only
 
     @property
     def max_epochs(self) -> int:
@@ -226,6 +226,7 @@ class Engine:
 
     def _end_epoch(self, epoch: int) -> None:
         self.epoch, self.inside_epoch = epoch, False
+        self._notify("on_train_steps", self.step_scalars.flush())  # before last.ckpt: a resumed run cannot redo them
         if self.place.world_size > 1 and self.loop.save_checkpoints:  # each rank resumes its own streams
             self._rank_rng = all_gather_objects(self._own_rng(), self.place)
 
@@ -247,8 +248,7 @@ class Engine:
         defer_sync = accumulate > 1 and hasattr(self.model, "no_sync")
         steps = StepTotals(count_correct=self.since_record.count_correct)  # no accuracy for mixed targets or values
         skip_nonfinite = self.loop.on_nonfinite == "skip"
-        backwards = 0  # micro-batches of the open window that reached backward()
-        windows = 0
+        backwards, windows = 0, 0  # micro-batches of the open window that reached backward(); windows closed
         self.since_record.start(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader):
@@ -306,8 +306,7 @@ class Engine:
         self._optimizer_calls += 1
 
     def _optimizer_step(self, epoch: int = 0, loss_of_window=None) -> None:
-        logged = self.step_scalars.wants(self.optimizer_steps + 1)  # its loss, lr and gradient norm are kept
-        norm = None
+        logged, norm = self.step_scalars.wants(self.optimizer_steps + 1), None  # keep its loss, lr and gradient norm?
         if logged or self.loop.grad_clip_norm is not None or self.loop.grad_clip_value is not None:
             self.scaler.unscale_(self.optimizer)  # clip (and measure) the true gradients, not the fp16-scaled ones
             if self.loop.grad_clip_norm is not None:  # the norm before clipping, as logged
