@@ -4,6 +4,7 @@
 import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -173,3 +174,37 @@ def test_resume_after_an_epoch_without_validation_matches_an_unbroken_run(tmp_pa
         row.pop("seconds")
     assert rows == reference
     assert read_csv(tmp_path / "run" / "metrics_steps.csv") == read_csv(reference_dir / "metrics_steps.csv")
+
+
+# --- per-step scalars without a read per step ----------------------------------------------------
+@pytest.mark.parametrize("every, reads", [(4, 2), (1, 11)])
+def test_per_step_scalars_are_read_from_the_device_once_every_n_steps(monkeypatch, every, reads):
+    """12 optimizer steps: the rows of steps N, 2N, ... are read in one transfer each, when the next one is kept
+    (the last one waits for the epoch's end); nothing else in the loop reads a tensor back per step."""
+    cfg = compose_train("trainer.limit_train_batches=12", f"logger.log_every_n_steps={every}", "trainer.device=cpu")
+    delivered = []
+
+    class Rows:
+        def on_train_steps(self, engine, rows):
+            delivered.extend(rows)
+
+    engine, train_loader, _ = build.assemble(cfg, run_dir=None, callbacks=[Rows()])
+    counts = {"tolist": 0, "item": 0}  # reads by the training loop's own modules (the data loader's aside)
+    loop_files = {os.path.join(REPO, "trainer", f"{name}.py") for name in ("engine", "step_scalars", "step_totals", "validation_schedule")}
+
+    def counted(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self):
+            if os.path.abspath(sys._getframe(1).f_code.co_filename) in loop_files:
+                counts[name] += 1
+            return real(self)
+        return read
+
+    for name in counts:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    engine.train_epoch(train_loader, epoch=1)
+    assert counts == {"tolist": reads, "item": 2}  # item: train/loss and train/accuracy, once per epoch
+    kept = [every * k for k in range(1, 12 // every + 1)] if every else []
+    assert [row["step"] for row in delivered] == kept[:-1]
+    assert [row["step"] for row in engine.step_scalars.flush()] == kept[-1:]

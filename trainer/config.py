@@ -227,12 +227,9 @@ class TrainerSettings:
     limit_val_batches: Any = None
     fast_dev_run: bool = False  # one train and one val batch, one epoch, no checkpoints
     overfit_batches: int = 0  # train and validate on the same first N training batches
-    # When to validate. Every validation is a row of metrics.csv (keyed by epoch and optimizer step) and a chance
-    # for best.ckpt, top-k, early stopping and scheduler=plateau, which all count validations, not epochs.
-    val_every_n_epochs: int = 1  # validate after every N-th epoch; the run's last epoch is always validated
-    # also validate inside the epochs that are validated: a float in (0, 1] = every that share of an epoch's
-    # optimizer steps, an int = every that many optimizer steps; null: only at the end of the epoch
-    val_check_interval: Any = None
+    # Each validation is a metrics.csv row (epoch, step); best.ckpt, top-k, patience and plateau count validations
+    val_every_n_epochs: int = 1  # validate after every N-th epoch (and always after the run's last)
+    val_check_interval: Any = None  # also inside those epochs: float in (0, 1] = share of an epoch, int = optimizer steps
     max_steps: Optional[int] = None  # stop after this many optimizer steps (or at max_epochs, whichever comes first)
 
 
@@ -349,30 +346,12 @@ class CsvData(ImageData):
 SCHEMAS = {
     "data": {"digits": DigitsData, "image_folder": ImageFolderData, "csv": CsvData},
     "model": {"cnn": CnnModel, "timm": TimmModel},
-    "loss": {
-        "ce": CrossEntropyLoss,
-        "focal": FocalLoss,
-        "label_smoothing": LabelSmoothingLoss,
-        "f1": F1Loss,
-        "mse": MseLoss,
-        "l1": L1Loss,
-        "huber": HuberLoss,
-    },
-    "optimizer": {
-        "sgd": SgdOptimizer,
-        "adamw": AdamWOptimizer,
-        "adam": AdamOptimizer,
-        "rmsprop": RmspropOptimizer,
-    },
-    "scheduler": {
-        "none": NoScheduler,
-        "step": StepScheduler,
-        "multistep": MultiStepScheduler,
-        "exponential": ExponentialScheduler,
-        "cosine": CosineScheduler,
-        "plateau": PlateauScheduler,
-        "onecycle": OneCycleScheduler,
-    },
+    "loss": {"ce": CrossEntropyLoss, "focal": FocalLoss, "label_smoothing": LabelSmoothingLoss, "f1": F1Loss,
+             "mse": MseLoss, "l1": L1Loss, "huber": HuberLoss},
+    "optimizer": {"sgd": SgdOptimizer, "adamw": AdamWOptimizer, "adam": AdamOptimizer, "rmsprop": RmspropOptimizer},
+    "scheduler": {"none": NoScheduler, "step": StepScheduler, "multistep": MultiStepScheduler,
+                  "exponential": ExponentialScheduler, "cosine": CosineScheduler, "plateau": PlateauScheduler,
+                  "onecycle": OneCycleScheduler},
     "metric": {"set": MetricSet},
 }
 
@@ -380,8 +359,7 @@ SCHEMAS = {
 # --- logger: where per-epoch scalars go besides metrics.csv and curves.png -------------------
 @dataclass
 class LoggerBase:
-    # train loss, learning rate and gradient norm of every N-th optimizer step, to metrics_steps.csv (and to
-    # TensorBoard with logger=tensorboard), read from the device once per N steps; 0 or null: off
+    # every N-th optimizer step's train loss, lr and gradient norm to metrics_steps.csv (and TensorBoard); 0 or null: off
     log_every_n_steps: Optional[int] = 50
 
 
