@@ -20,9 +20,9 @@ def digits_validation(ckpt):
     """The run's validation images and labels, rebuilt from its stored config."""
     from omegaconf import OmegaConf
 
-    from trainer.run import assembly as build
+    from trainer.run import assembly
 
-    data = build.build_data(OmegaConf.create(ckpt["config"]), torch.device("cpu"))
+    data = assembly.build_data(OmegaConf.create(ckpt["config"]), torch.device("cpu"))
     images, labels = zip(*data.val_loader)
     return torch.cat(images), torch.cat(labels)
 

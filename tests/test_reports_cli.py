@@ -81,19 +81,24 @@ def test_tensorboard_logger_writes_every_epoch_scalar(cli, tmp_path):
 
     run_dir = tmp_path / "run"
     result = cli("trainer", "logger=tensorboard", "trainer.max_epochs=2", "scheduler=step", "scheduler.step_size=1",
-                 f"hydra.run.dir={run_dir}")
+                 "logger.log_every_n_steps=20", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     rows = read_csv(run_dir / "metrics.csv")
     assert {"lr", "train/loss", "train/accuracy", "val/loss", "val/f1"} <= set(events.Tags()["scalars"])
-    for key in ("lr", "train/loss", "val/f1"):
+    for key in ("lr", "train/loss", "val/f1", "epoch"):  # over the optimizer step, as the per-step scalars
         scalars = events.Scalars(key)
-        assert [s.step for s in scalars] == [1, 2]
+        assert [s.step for s in scalars] == [int(r["step"]) for r in rows] == [23, 46]
         assert [s.value for s in scalars] == pytest.approx([float(r[key]) for r in rows], rel=1e-6)
     lrs = [s.value for s in events.Scalars("lr")]
     assert lrs[1] == pytest.approx(lrs[0] * 0.1, rel=1e-5)  # the step schedule, as logged
+    steps = read_csv(run_dir / "metrics_steps.csv")
+    for key, tag in (("train/loss", "step/train_loss"), ("lr", "step/lr"), ("grad_norm", "step/grad_norm")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [int(r["step"]) for r in steps] == [20, 40]
+        assert [s.value for s in scalars] == pytest.approx([float(r[key]) for r in steps], rel=1e-6)
     assert_png(run_dir / "curves.png", min_size=(900, 250))
 
 
@@ -131,7 +136,7 @@ def test_curves_are_drawn_every_interval_and_when_the_run_ends(monkeypatch, tmp_
     from trainer.reporting.callbacks import CurvesPlot
 
     drawn = []
-    monkeypatch.setattr(plots, "draw_curves", lambda history, monitor, path, best_epoch: drawn.append(len(history)))
+    monkeypatch.setattr(plots, "draw_curves", lambda history, monitor, path, **best: drawn.append(len(history)))
     engine = SimpleNamespace(history=[], monitor="val/loss", best_epoch=None)
     for interval, expected in ((3600.0, [3]), (0.0, [1, 2, 3, 3])):
         drawn.clear()

@@ -28,17 +28,21 @@ def schedule_lrs(cfg: DictConfig, steps_per_epoch: int, model) -> list:
     import warnings
 
     # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
+    from trainer.optim.schedules import run_steps
     from trainer.run import assembly
 
     optimizer, schedule = assembly.build_optimization(cfg, model, steps_per_epoch)
+    total = run_steps(cfg.trainer.max_epochs, steps_per_epoch, cfg.trainer.get("max_steps"))  # max_steps may end it
     rows = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
         for epoch in range(1, cfg.trainer.max_epochs + 1):
-            for step in range(steps_per_epoch):
+            for step in range(min(steps_per_epoch, total - len(rows))):
                 rows.append((epoch, step, [group["lr"] for group in optimizer.param_groups]))
                 schedule.after_optimizer_step()
             schedule.after_epoch(0.0)
+            if len(rows) == total:
+                break
     return rows
 
 

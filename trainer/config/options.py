@@ -328,15 +328,22 @@ SCHEMAS = {
 
 # --- logger: where per-epoch scalars go besides metrics.csv and curves.png -------------------
 @dataclass
-class NoLogger:
-    """metrics.csv and curves.png only."""
+class LoggerBase:
+    # every N-th optimizer step's train loss, lr and gradient norm to metrics_steps.csv (and TensorBoard); 0 or null: off
+    log_every_n_steps: Optional[int] = 50
+
+
+@dataclass
+class NoLogger(LoggerBase):
+    """metrics.csv, curves.png and metrics_steps.csv (every logger.log_every_n_steps optimizer steps) only."""
 
     name: str = "none"
 
 
 @dataclass
-class TensorBoardLogger:
-    """Event files for `tensorboard --logdir <run or sweep dir>` (needs: pip install tensorboard)."""
+class TensorBoardLogger(LoggerBase):
+    """Event files for `tensorboard --logdir <run or sweep dir>` (needs: pip install tensorboard): every validation's
+    numbers, and train loss, lr and gradient norm every logger.log_every_n_steps optimizer steps."""
 
     name: str = "tensorboard"
     log_dir: str = "tensorboard"  # relative to the run directory

@@ -33,13 +33,17 @@ class TrainerSettings:
     compile: bool = False
     sync_batchnorm: bool = False  # with torchrun on GPUs: batch statistics over all processes
     deterministic: bool = False
-    patience: Optional[int] = None  # early stopping: epochs without improvement of `monitor`
+    patience: Optional[int] = None  # early stopping: validations (not epochs) without improvement of `monitor`
     min_delta: float = 0.0
     on_nonfinite: str = "stop"  # stop | skip: what a NaN or infinite training loss does
     limit_train_batches: Any = None  # int: that many batches; float in (0, 1]: that share of them
     limit_val_batches: Any = None
     fast_dev_run: bool = False  # one train and one val batch, one epoch, no checkpoints
     overfit_batches: int = 0  # train and validate on the same first N training batches
+    # Each validation is a metrics.csv row (epoch, step); best.ckpt, top-k, patience and plateau count validations
+    val_every_n_epochs: int = 1  # validate after every N-th epoch (and always after the run's last)
+    val_check_interval: Any = None  # also inside those epochs: float in (0, 1] = share of an epoch, int = optimizer steps
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (or at max_epochs, whichever comes first)
 
 
 @dataclass

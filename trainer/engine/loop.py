@@ -1,8 +1,9 @@
 """The Engine: the one place where the train loop lives.
 
-    fit:          for each epoch: train_epoch, validate, pick best, step the schedule, save, stop early?
-    train_epoch:  model.train(); micro-batches with exact gradient accumulation; no host sync per step
-    validate:     model.eval() under torch.inference_mode(); loss and metrics from the whole epoch
+    fit:          for each epoch: train it, pausing where the validation schedule says (validation_schedule.py);
+                  at each pause validate, pick best, step the schedule, save, stop early?
+    train_parts:  model.train(); micro-batches with exact gradient accumulation; no host sync per step
+    validate:     model.eval() under torch.inference_mode(); loss and metrics from the whole validation set
 
 Callbacks only watch (progress, logs, files); every decision that changes the run is made here,
 in the order written below.
@@ -10,19 +11,21 @@ in the order written below.
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from trainer.checkpointing.checkpoint import monitors_ema, rng_state, set_rng_state
+from trainer.checkpointing.checkpoint import monitors_ema, set_rng_state
 from trainer.data.batches import accumulation_scales, loader_batch_sizes
+from trainer.engine import run_state
 from trainer.engine.distributed import all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.engine.place import Place
 from trainer.engine.run_files import RunFiles
+from trainer.engine.step_scalars import StepScalars, window_loss
 from trainer.engine.step_totals import StepTotals
+from trainer.engine.validation_schedule import TrainSinceRecord, ValidationSchedule
 from trainer.errors import UserError
 from trainer.evaluation.metrics import epoch_metrics, epoch_regression_metrics
 
@@ -38,10 +41,14 @@ class LoopSettings:
     on_nonfinite: str = "stop"  # stop | skip
     monitor: str = "val/loss"
     mode: str = "min"
-    patience: Optional[int] = None
+    patience: Optional[int] = None  # validations without improvement
     min_delta: float = 0.0
     save_top_k: int = 0
     save_checkpoints: bool = True
+    val_every_n_epochs: int = 1
+    val_check_interval: Any = None  # float: share of an epoch; int: optimizer steps; None: at epoch ends only
+    max_steps: Optional[int] = None
+    log_every_n_steps: Optional[int] = None  # per-step scalars (step_scalars.py); None or 0: off
 
 
 class NonFiniteLoss(UserError):
@@ -116,7 +123,9 @@ class Engine:
         self.optimizer_steps = 0
         self.best_value: Optional[float] = None
         self.best_epoch: Optional[int] = None
-        self.bad_epochs = 0
+        self.best_step: Optional[int] = None
+        self.bad_epochs = 0  # validations (not epochs) since the best one
+        self.inside_epoch = False  # a checkpoint written now cannot be resumed (resume starts epochs afresh)
         self.skipped_steps = 0
         self.history: List[Dict[str, float]] = []
         self._train_generator: Optional[torch.Generator] = None  # the training loader's shuffling
@@ -126,6 +135,9 @@ class Engine:
         self.last_outputs: Dict[str, tuple] = {}
         self.best_outputs: Optional[tuple] = None
         self._rank_rng: Optional[list] = None  # every rank's random streams, for rank 0's checkpoints
+        self.validations: Optional[ValidationSchedule] = None  # known once the training loader's length is
+        self.since_record = TrainSinceRecord(count_correct=self.mixup is None and self.target_values is None)
+        self.step_scalars = StepScalars(self.loop.log_every_n_steps if self.callbacks else None)  # rank 0's only
 
     @property
     def max_epochs(self) -> int:
@@ -143,42 +155,14 @@ class Engine:
             set_rng_state(generators)
             if loader_state is not None and self._train_generator is not None:
                 self._train_generator.set_state(loader_state)
+        self.validations = ValidationSchedule.of(self.loop, len(train_loader))
         self._notify("on_fit_start", len(train_loader), len(val_loader))
         status, error = "completed", None
         try:
             if self.epoch == 0 and self.files.keeps_checkpoints:
                 self.files.save("last.ckpt", self.state_dict())  # an interruption in epoch 1 resumes from the start
-            while self.epoch < self.loop.max_epochs:
-                epoch = self.epoch + 1
-                started = time.perf_counter()
-                self._notify("on_epoch_start", epoch)
-                sampler = getattr(train_loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)  # DistributedSampler: a new permutation each epoch
-                lr = self.optimizer.param_groups[0]["lr"]
-                trained = self.train_epoch(train_loader, epoch)
-                # Each rank updated BatchNorm statistics (and the EMA's) from its own batches: average them, so
-                # that what is validated below is the one model every rank saves and goes on with.
-                average_buffers(self.place, unwrap(self.model), getattr(self.ema, "module", None))
-                record = {"epoch": epoch, "lr": lr, **trained, **self.validate(val_loader)}
-                record["seconds"] = time.perf_counter() - started
-                if self.monitor not in record:
-                    raise UserError(f"monitor={self.monitor} was not produced; this run produces: {', '.join(record)}")
-                monitored = record[self.monitor]
-                improved = is_better(monitored, self.best_value, self.loop.mode, self.loop.min_delta)
-                if improved:
-                    self.best_value, self.best_epoch, self.bad_epochs = monitored, epoch, 0
-                    self.best_outputs = self._chosen_outputs()
-                else:
-                    self.bad_epochs += 1
-                self.schedule.after_epoch(monitored)
-                self.epoch = epoch
-                self.history.append(record)
-                if self.place.world_size > 1 and self.loop.save_checkpoints:  # each rank resumes its own streams
-                    self._rank_rng = all_gather_objects(self._own_rng(), self.place)
-                self.files.after_epoch(epoch, self.monitor, monitored, self.loop.mode, improved, self.state_dict)
-                self._notify("on_epoch_end", record, improved)
-                if self.loop.patience is not None and self.bad_epochs >= self.loop.patience:
+            while not self.validations.run_over(self.epoch, self.optimizer_steps):
+                if self.run_epoch(train_loader, val_loader, self.epoch + 1):
                     status = "stopped_early"
                     break
         except KeyboardInterrupt:
@@ -190,20 +174,83 @@ class Engine:
         finally:
             summary = self.summary(status, error)
             self.files.write_summary(summary)
+            self._notify("on_train_steps", self.step_scalars.flush())
             self._notify("on_fit_end", summary)
         return summary
 
+    def run_epoch(self, train_loader, val_loader, epoch: int) -> bool:
+        """Train `epoch`, validating where the schedule says; True when early stopping ends the run."""
+        self._notify("on_epoch_start", epoch)
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # DistributedSampler: a new permutation each epoch
+        self.inside_epoch = True
+        for epoch_over in self.train_parts(train_loader, epoch):
+            # Each rank updated BatchNorm statistics (and the EMA's) from its own batches: average them, so
+            # that what is validated below is the one model every rank saves and goes on with.
+            average_buffers(self.place, unwrap(self.model), getattr(self.ema, "module", None))
+            if epoch_over and not self.validations.validates_epoch(epoch, self.optimizer_steps):
+                self.schedule.after_epoch(None)  # scheduler=plateau waits for the next validation
+                self._end_epoch(epoch)
+                if self.files.keeps_checkpoints:
+                    self.files.save("last.ckpt", self.state_dict())
+            elif self.validate_and_decide(val_loader, epoch, epoch_over):
+                return True
+        return False
+
+    def validate_and_decide(self, val_loader, epoch: int, epoch_over: bool) -> bool:
+        """One validation: its record, best, schedule, checkpoints, callbacks; True when early stopping says stop.
+        Where early stopping stops inside an epoch, that epoch ends there (it counts as run)."""
+        record = {"epoch": epoch, "step": self.optimizer_steps, **self.since_record.record(), **self.validate(val_loader)}
+        record["seconds"] = self.since_record.seconds()  # of the steps since the last record, and this validation
+        if self.monitor not in record:
+            raise UserError(f"monitor={self.monitor} was not produced; this run produces: {', '.join(record)}")
+        monitored = record[self.monitor]
+        improved = is_better(monitored, self.best_value, self.loop.mode, self.loop.min_delta)
+        if improved:
+            self.best_value, self.best_epoch, self.best_step, self.bad_epochs = monitored, epoch, self.optimizer_steps, 0
+            self.best_outputs = self._chosen_outputs()
+        else:
+            self.bad_epochs += 1
+        stop = self.loop.patience is not None and self.bad_epochs >= self.loop.patience
+        if epoch_over or stop:
+            self.schedule.after_epoch(monitored)
+            self._end_epoch(epoch)
+        else:
+            self.schedule.after_validation_inside_epoch(monitored)
+        self.history.append(record)
+        self.files.after_epoch(epoch, self.monitor, monitored, self.loop.mode, improved, self.state_dict,
+                               step=self.optimizer_steps if self.validations.inside_epochs else None,
+                               save_last=not self.inside_epoch)
+        self._notify("on_epoch_end", record, improved)
+        return stop
+
+    def _end_epoch(self, epoch: int) -> None:
+        self.epoch, self.inside_epoch = epoch, False
+        self._notify("on_train_steps", self.step_scalars.flush())  # before last.ckpt: a resumed run cannot redo them
+        if self.place.world_size > 1 and self.loop.save_checkpoints:  # each rank resumes its own streams
+            self._rank_rng = all_gather_objects(self._own_rng(), self.place)
+
     def train_epoch(self, loader, epoch: int = 0) -> Dict[str, float]:
+        """One epoch without validation (units, benchmarks): its train record (lr, train/loss, train/accuracy)."""
+        self.validations = self.validations or ValidationSchedule.of(self.loop, len(loader))
+        for _ in self.train_parts(loader, epoch, validate_inside=False):
+            pass
+        return {key: value for key, value in self.since_record.record().items() if key != "lr"}
+
+    def train_parts(self, loader, epoch: int = 0, validate_inside: bool = True) -> Iterator[bool]:
+        """Train one epoch, pausing (yield False) after the optimizer steps the validation schedule validates
+        inside it, and yield True when the epoch is over: its last batch, or trainer.max_steps reached. At each
+        pause the train totals of the steps since the last one go to `since_record`, with one reduction."""
         self.model.train()
         num_batches, accumulate = len(loader), self.loop.accumulate
         scales = accumulation_scales(loader_batch_sizes(loader), num_batches, accumulate)
         # Inside an accumulation window DDP need not all-reduce: only the window's last backward does.
         defer_sync = accumulate > 1 and hasattr(self.model, "no_sync")
-        # No accuracy for mixed targets or for values (regression).
-        steps = StepTotals(count_correct=self.mixup is None and self.target_values is None)
+        steps = StepTotals(count_correct=self.since_record.count_correct)  # no accuracy for mixed targets or values
         skip_nonfinite = self.loop.on_nonfinite == "skip"
-        backwards = 0  # micro-batches of the open window that reached backward()
-        windows = 0
+        backwards, windows = 0, 0  # micro-batches of the open window that reached backward(); windows closed
+        self.since_record.start(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader):
             inputs, targets = self._to_device(inputs, targets)
@@ -222,43 +269,54 @@ class Engine:
                     (self.scaler.scale(scaled) if self.fp16 else scaled).backward()
                     backwards += 1
             steps.add(loss, logits, targets)  # references only: no kernel, no host sync
-            if closes_window:
-                if backwards:  # a window whose every loss was skipped has no gradient to step with
-                    self._optimizer_step()
-                backwards, windows = 0, windows + 1
-                if not skip_nonfinite and windows % NONFINITE_CHECK_STEPS == 0:
-                    self._check_finite(steps, epoch, num_batches)
             self._notify("on_batch_end", "train")
-        return self._train_record(steps, epoch, skip_nonfinite, num_batches)
+            if not closes_window:
+                continue
+            if backwards:  # a window whose every loss was skipped has no gradient to step with
+                n = i % accumulate + 1
+                self._optimizer_step(epoch, lambda: window_loss(steps.losses[-n:], scales[i + 1 - n:i + 1]))
+            backwards, windows = 0, windows + 1
+            if not skip_nonfinite and windows % NONFINITE_CHECK_STEPS == 0:
+                self._check_finite(steps, epoch, num_batches)
+            cut = self.validations.steps_done(self.optimizer_steps)
+            if i < num_batches - 1 and (cut or validate_inside and self.validations.validates_inside(epoch, windows)):
+                self.since_record.add(self._train_totals(steps, epoch, skip_nonfinite, num_batches))
+                yield cut
+                if cut:
+                    return
+                steps = StepTotals(steps.count_correct, first_step=i + 1)
+                self.since_record.start(self.optimizer.param_groups[0]["lr"])
+                self.model.train()  # validation left it in eval mode
+        self.since_record.add(self._train_totals(steps, epoch, skip_nonfinite, num_batches))
+        yield True
 
     def _check_finite(self, steps: StepTotals, epoch: int, num_batches: int) -> None:
         """Stop if a loss kept since the last check is NaN or infinite: one sync, one all-reduce (all ranks stop)."""
         if all_reduce_sum(steps.non_finite_since_check(self.device), self.place).item() > 0:
             raise NonFiniteLoss(steps.non_finite_report(self.device, epoch, num_batches))
 
-    def _train_record(self, steps: StepTotals, epoch: int, skip_nonfinite: bool, num_batches: int) -> Dict[str, float]:
-        """train/loss (the sample-weighted mean of the finite step losses) and train/accuracy of one epoch."""
-        step_losses = steps.step_losses(self.device)
-        # One reduction per epoch: every rank sees the same totals and takes the same decisions.
-        weighted_loss, finite_samples, samples, correct, non_finite = all_reduce_sum(steps.epoch_totals(step_losses), self.place)
-        if not skip_nonfinite and non_finite > 0:
+    def _train_totals(self, steps: StepTotals, epoch: int, skip_nonfinite: bool, num_batches: int) -> torch.Tensor:
+        """The totals of a part of an epoch (StepTotals.epoch_totals), summed over ranks; stops on a non-finite loss."""
+        # One reduction per part: every rank sees the same totals and takes the same decisions.
+        totals = all_reduce_sum(steps.epoch_totals(steps.step_losses(self.device)), self.place)
+        if not skip_nonfinite and totals[4] > 0:
             raise NonFiniteLoss(steps.non_finite_report(self.device, epoch, num_batches))
-        record = {"train/loss": (weighted_loss / finite_samples).item()}
-        if steps.count_correct:
-            record["train/accuracy"] = (correct / samples).item()
-        return record
+        return totals
 
     def _count_optimizer_call(self, optimizer, args, kwargs) -> None:
         self._optimizer_calls += 1
 
-    def _optimizer_step(self) -> None:
-        if self.loop.grad_clip_norm is not None or self.loop.grad_clip_value is not None:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
-            if self.loop.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip_norm)
+    def _optimizer_step(self, epoch: int = 0, loss_of_window=None) -> None:
+        logged, norm = self.step_scalars.wants(self.optimizer_steps + 1), None  # keep its loss, lr and gradient norm?
+        if logged or self.loop.grad_clip_norm is not None or self.loop.grad_clip_value is not None:
+            self.scaler.unscale_(self.optimizer)  # clip (and measure) the true gradients, not the fp16-scaled ones
+            if self.loop.grad_clip_norm is not None:  # the norm before clipping, as logged
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip_norm)
+            elif logged:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             if self.loop.grad_clip_value is not None:
                 torch.nn.utils.clip_grad_value_(self.model.parameters(), self.loop.grad_clip_value)
-        calls = self._optimizer_calls
+        lr, calls = self.optimizer.param_groups[0]["lr"], self._optimizer_calls
         if self.fp16:
             self.scaler.step(self.optimizer)  # skipped if the scaled gradients overflowed
             self.scaler.update()
@@ -271,6 +329,8 @@ class Engine:
         if self.ema is not None:
             self.ema.update(unwrap(self.model), step=self.optimizer_steps)
         self.schedule.after_optimizer_step()
+        if logged and loss_of_window is not None:  # the rows kept N steps ago are read now
+            self._notify("on_train_steps", self.step_scalars.keep(self.optimizer_steps, epoch, loss_of_window, lr, norm))
 
     @torch.inference_mode()
     def predict(self, loader, model: Optional[nn.Module] = None):
@@ -320,66 +380,20 @@ class Engine:
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {
-            "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": None if self.ema is None else self.ema.module.state_dict(),
-            "epoch": self.epoch,
-            "optimizer_steps": self.optimizer_steps,
-            "monitor": self.loop.monitor,
-            "mode": self.loop.mode,
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "skipped_steps": self.skipped_steps,
-            "top_k": self.files.top_k,
-            "history": self.history,
-            **self._own_rng(),
-            "rank_rng": self._rank_rng,
-            **self.run_info,
-        }
+        return run_state.state_of(self)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue from a checkpoint written by `state_dict` (the model weights included)."""
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.module.load_state_dict(state["ema"])
-        for key in ("epoch", "optimizer_steps", "best_value", "best_epoch", "bad_epochs", "skipped_steps", "history"):
-            setattr(self, key, state[key])
-        self.files.top_k = state["top_k"]
-        ranks = state.get("rank_rng") or []  # a rank the checkpoint lacks (more processes) keeps its fresh seeding
-        own = state if self.place.rank == 0 else ranks[self.place.rank] if len(ranks) == self.place.world_size else None
-        self._resumed_rng = None if own is None else (own["rng"], own.get("loader_rng"))
+        run_state.load_into(self, state)
 
     def _own_rng(self) -> Dict[str, Any]:
-        return {"rng": rng_state(),
-                "loader_rng": None if self._train_generator is None else self._train_generator.get_state()}
+        return run_state.own_rng(self)
 
     def summary(self, status: str, error: Optional[str] = None) -> Dict[str, Any]:
-        summary = {
-            "status": status,
-            "monitor": self.loop.monitor,
-            "mode": self.loop.mode,
-            "best_epoch": self.best_epoch,
-            "best_value": self.best_value,
-            "epochs_run": self.epoch,
-            "final": self.history[-1] if self.history else {},
-        }
-        if self.skipped_steps:
-            summary["skipped_nonfinite_steps"] = self.skipped_steps
-        if status == "stopped_early":
-            summary["reason"] = (
-                f"{self.loop.monitor} did not improve by more than {self.loop.min_delta} for {self.loop.patience} epochs"
-            )
-        if error is not None:
-            summary["error"] = error
-        return summary
+        return run_state.summary_of(self, status, error)
 
     def _notify(self, event: str, *args) -> None:
         for callback in self.callbacks:
-            getattr(callback, event)(self, *args)
+            handler = getattr(callback, event, None)  # on_train_steps is new: older observers lack it
+            if handler is not None and (event != "on_train_steps" or args[0]):
+                handler(self, *args)

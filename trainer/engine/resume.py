@@ -30,6 +30,12 @@ def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str) -> Tuple
     missing = [key for key in needed if not (isinstance(state, dict) and key in state)]
     if missing:
         raise UserError(f"'{checkpoint}' cannot be resumed: it lacks {', '.join(missing)} (not a trainer checkpoint?)")
+    if state.get("mid_epoch"):  # a best or top-k checkpoint of a validation inside an epoch (val_check_interval)
+        raise UserError(
+            f"'{checkpoint}' was saved at a validation inside epoch {state['epoch'] + 1} (optimizer step "
+            f"{state.get('optimizer_steps')}); a run resumes from the end of an epoch: resume={run_dir_of(checkpoint)} "
+            "continues from its checkpoints/last.ckpt"
+        )
     if os.path.abspath(run_dir) != run_dir_of(checkpoint):
         raise UserError(
             f"resume={cfg.resume} continues the run in its own directory {run_dir_of(checkpoint)}; "

@@ -56,18 +56,21 @@ class RunFiles:
             save_checkpoint(state, self.checkpoint_path(name))
 
     def after_epoch(self, epoch: int, monitor: str, value: float, mode: str, improved: bool,
-                    state_of: Callable[[], Dict[str, Any]]) -> None:
-        """Rank this epoch among the top k, then write its checkpoint (if it ranks), best.ckpt (if it
+                    state_of: Callable[[], Dict[str, Any]], step: Optional[int] = None, save_last: bool = True) -> None:
+        """Rank this validation among the top k, then write its checkpoint (if it ranks), best.ckpt (if it
         improved) and last.ckpt, and delete the epoch checkpoint that fell out of the top k.
 
-        `state_of()` is called after the ranking, so the files written hold the new top_k.
+        `state_of()` is called after the ranking, so the files written hold the new top_k. `step`: the
+        optimizer step, named in the file too (runs that validate inside epochs); `save_last=False` for a
+        validation inside an epoch (last.ckpt, which resume continues from, is written at epochs' ends).
         """
         if not self.keeps_checkpoints:
             return
         new_file, evicted = None, []
         if self.save_top_k > 0 and math.isfinite(value):
-            name = f"epoch-{epoch:03d}_{monitor.replace('/', '_')}-{value:.4f}.ckpt"
-            ranked = sorted(self.top_k + [{"value": value, "epoch": epoch, "file": name}],
+            at = f"epoch-{epoch:03d}" + ("" if step is None else f"-step-{step:07d}")
+            name = f"{at}_{monitor.replace('/', '_')}-{value:.4f}.ckpt"
+            ranked = sorted(self.top_k + [{"value": value, "epoch": epoch, "step": step, "file": name}],
                             key=lambda entry: entry["value"], reverse=mode == "max")
             self.top_k, evicted = ranked[: self.save_top_k], ranked[self.save_top_k:]
             new_file = name if any(entry["file"] == name for entry in self.top_k) else None
@@ -80,7 +83,8 @@ class RunFiles:
                 os.unlink(path)
         if improved:
             self.save("best.ckpt", state)
-        self.save("last.ckpt", state)
+        if save_last:
+            self.save("last.ckpt", state)
 
     def write_summary(self, summary: Dict[str, Any]) -> None:
         if self.run_dir is not None:

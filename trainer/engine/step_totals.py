@@ -11,11 +11,13 @@ import torch
 
 
 class StepTotals:
-    def __init__(self, count_correct: bool, chunk_elements: int = 1 << 20):
+    def __init__(self, count_correct: bool, chunk_elements: int = 1 << 20, first_step: int = 0):
         """count_correct: False for mixed (soft) targets and for regression, which have no accuracy.
         chunk_elements: outputs kept before they are reduced to a count of correct predictions
-        (4 MiB of float32), so memory stays bounded whatever the epoch's length."""
+        (4 MiB of float32), so memory stays bounded whatever the epoch's length.
+        first_step: the micro-batches of the epoch before these (a part of an epoch after a validation in it)."""
         self.count_correct = count_correct
+        self.first_step = first_step
         self.chunk_elements = chunk_elements
         self.losses: List[torch.Tensor] = []
         self.sizes: List[int] = []
@@ -76,7 +78,8 @@ class StepTotals:
         if step is None:
             return f"the training loss became non-finite on another process in epoch {epoch}"
         return (
-            f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {step} of {num_batches} "
-            f"(stopped after step {len(step_losses)}; best.ckpt is untouched); lower optimizer.lr, set "
+            f"the training loss became {step_losses[step - 1].item()} in epoch {epoch}, step {self.first_step + step} "
+            f"of {num_batches} (stopped after step {self.first_step + len(step_losses)}; best.ckpt is untouched); "
+            "lower optimizer.lr, set "
             "trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
         )

@@ -12,6 +12,12 @@ from trainer.errors import UserError
 SCHEDULERS = Registry("scheduler")
 
 
+def run_steps(max_epochs: int, steps_per_epoch: int, max_steps: Optional[int]) -> int:
+    """The run's length in optimizer steps: max_epochs of them, or max_steps when that comes first."""
+    planned = max_epochs * steps_per_epoch
+    return planned if max_steps is None else min(planned, max_steps)
+
+
 class Schedule:
     """A torch LR scheduler stepped per epoch (after validation) or per optimizer step, with optional warmup.
 
@@ -20,7 +26,12 @@ class Schedule:
     rate up to its configured value; then the main scheduler takes over, over the rest of the run.
     Step and multistep instead count their epochs from the start of the run, warmup included: their
     `main` is one closed-form LambdaLR and `warmup` is None. ReduceLROnPlateau gets the monitored
-    value after each epoch.
+    value after each validation (its patience counts validations, not epochs: with
+    trainer.val_every_n_epochs or trainer.val_check_interval those are not one per epoch); its warmup
+    is still in epochs.
+
+    The run's length is trainer.max_epochs, or trainer.max_steps optimizer steps when that comes first
+    (`run_units`): a schedule planned over the whole run ends where the run does.
 
     A schedule planned over the whole run (cosine without t_max, onecycle) has `replan`: when a resumed
     run is given more epochs, the schedule continues as if it had been planned for the new length from
@@ -51,9 +62,16 @@ class Schedule:
         if self.interval == "step":
             self._advance(None)
 
-    def after_epoch(self, monitored: float) -> None:
-        if self.interval == "epoch":
+    def after_epoch(self, monitored: Optional[float]) -> None:
+        """After each epoch; `monitored` is the value of the validation that ended it, None when none did."""
+        waits_for_a_value = self.needs_metric and monitored is None and self.units_done >= self.warmup_units
+        if self.interval == "epoch" and not waits_for_a_value:
             self._advance(monitored)
+
+    def after_validation_inside_epoch(self, monitored: float) -> None:
+        """ReduceLROnPlateau counts validations: one inside an epoch (trainer.val_check_interval) is one more."""
+        if self.needs_metric and self.units_done >= self.warmup_units:
+            self.main.step(monitored)
 
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -99,8 +117,19 @@ def check_schedule(interval: str, warmup_epochs: int, max_epochs: int) -> None:
         )
 
 
+def run_units(interval: str, warmup_epochs: int, max_epochs: int, steps_per_epoch: int, max_steps: Optional[int]) -> int:
+    """The run's length in the schedule's units: optimizer steps, or the epochs the run reaches (the last one
+    maybe cut short by trainer.max_steps). The warmup must end before the run does."""
+    steps = run_steps(max_epochs, steps_per_epoch, max_steps)
+    if warmup_epochs * steps_per_epoch >= steps:
+        raise UserError(f"scheduler.warmup_epochs={warmup_epochs} is not valid for a run of trainer.max_steps="
+                        f"{max_steps} optimizer steps ({steps_per_epoch} per epoch): the warmup must end before the run does")
+    return steps if interval == "step" else math.ceil(steps / steps_per_epoch)
+
+
 def make_schedule(main_factory, *, optimizer, interval: str, warmup_epochs: int, warmup_start_factor: float,
-                  max_epochs: int, steps_per_epoch: int, run_length_bound: bool = False) -> Schedule:
+                  max_epochs: int, steps_per_epoch: int, max_steps: Optional[int] = None,
+                  run_length_bound: bool = False) -> Schedule:
     """Build warmup first (it lowers the learning rate at once), then the main scheduler over the rest of the run.
 
     `main_factory(units_per_epoch, total_units, last_epoch=-1)` builds the main scheduler in the
@@ -113,7 +142,7 @@ def make_schedule(main_factory, *, optimizer, interval: str, warmup_epochs: int,
     warmup = None
     if warmup_units:
         warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup_units)
-    main_units = max_epochs * per_epoch - warmup_units
+    main_units = run_units(interval, warmup_epochs, max_epochs, steps_per_epoch, max_steps) - warmup_units
     main = main_factory(per_epoch, main_units)
     replan = (lambda last_epoch: main_factory(per_epoch, main_units, last_epoch)) if run_length_bound else None
     return Schedule(main, interval, warmup, warmup_units, main_units, replan)
@@ -126,13 +155,14 @@ def _common(interval, warmup_epochs, warmup_start_factor):
 
 
 @SCHEDULERS.register("none")
-def no_schedule(interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
+def no_schedule(interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, max_steps=None):
     return make_schedule(lambda per_epoch, units: None, optimizer=optimizer, max_epochs=max_epochs,
-                         steps_per_epoch=steps_per_epoch, **_common(interval, warmup_epochs, warmup_start_factor))
+                         steps_per_epoch=steps_per_epoch, max_steps=max_steps, **_common(interval, warmup_epochs, warmup_start_factor))
 
 
 def decays_on_the_run_clock(decays_after: Callable[[int], int], gamma: float, *, optimizer, interval: str,
-                            warmup_epochs: int, warmup_start_factor: float, max_epochs: int, steps_per_epoch: int) -> Schedule:
+                            warmup_epochs: int, warmup_start_factor: float, max_epochs: int, steps_per_epoch: int,
+                            max_steps: Optional[int] = None) -> Schedule:
     """The rate after `e` epochs of the run is lr * gamma ** decays_after(e): step and multistep.
 
     Their epochs are epochs of the run, counted from its start as the config says and as timm counts
@@ -151,43 +181,44 @@ def decays_on_the_run_clock(decays_after: Callable[[int], int], gamma: float, *,
             return warmup_start_factor + (1 - warmup_start_factor) * unit / warmup_units
         return gamma ** decays_after(unit // per_epoch)
 
-    return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor), interval, main_units=max_epochs * per_epoch)
+    total_units = run_units(interval, warmup_epochs, max_epochs, steps_per_epoch, max_steps)
+    return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor), interval, main_units=total_units)
 
 
 @SCHEDULERS.register("step")
-def step(step_size, gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
+def step(step_size, gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, max_steps=None):
     if step_size < 1:
         raise UserError(f"scheduler.step_size={step_size} is not valid; use an integer >= 1 (epochs)")
     return decays_on_the_run_clock(
         lambda epochs: epochs // step_size, gamma, optimizer=optimizer, max_epochs=max_epochs,
-        steps_per_epoch=steps_per_epoch, **_common(interval, warmup_epochs, warmup_start_factor),
+        steps_per_epoch=steps_per_epoch, max_steps=max_steps, **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
 @SCHEDULERS.register("multistep")
-def multistep(milestones, gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
+def multistep(milestones, gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, max_steps=None):
     milestones = list(milestones)
     if any(m < 1 for m in milestones) or milestones != sorted(milestones):
         raise UserError(f"scheduler.milestones={milestones} is not valid; use increasing epochs >= 1")
     return decays_on_the_run_clock(
         lambda epochs: bisect.bisect_right(milestones, epochs), gamma, optimizer=optimizer, max_epochs=max_epochs,
-        steps_per_epoch=steps_per_epoch, **_common(interval, warmup_epochs, warmup_start_factor),
+        steps_per_epoch=steps_per_epoch, max_steps=max_steps, **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
 @SCHEDULERS.register("exponential")
-def exponential(gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
+def exponential(gamma, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, max_steps=None):
     if not 0 < gamma <= 1:
         raise UserError(f"scheduler.gamma={gamma} is not valid; use 0 < gamma <= 1 (the factor per epoch)")
     return make_schedule(
         lambda per_epoch, units: torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma ** (1.0 / per_epoch)),
-        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
         **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
 @SCHEDULERS.register("cosine")
-def cosine(t_max, eta_min, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
+def cosine(t_max, eta_min, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, max_steps=None):
     if t_max is not None and t_max < 1:
         raise UserError(f"scheduler.t_max={t_max} is not valid; use an integer >= 1 (epochs) or null (the rest of the run)")
 
@@ -200,13 +231,13 @@ def cosine(t_max, eta_min, interval, warmup_epochs, warmup_start_factor, *, opti
         return scheduler
 
     return make_schedule(
-        cosine_over, optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        cosine_over, optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
         run_length_bound=t_max is None, **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
 @SCHEDULERS.register("plateau")
-def plateau(factor, patience, threshold, cooldown, min_lr, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, mode):
+def plateau(factor, patience, threshold, cooldown, min_lr, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, mode, max_steps=None):
     if not 0 < factor < 1:
         raise UserError(f"scheduler.factor={factor} is not valid; use 0 < factor < 1")
     if interval != "epoch":
@@ -214,13 +245,13 @@ def plateau(factor, patience, threshold, cooldown, min_lr, interval, warmup_epoc
     return make_schedule(
         lambda per_epoch, units: torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold, cooldown=cooldown, min_lr=min_lr),
-        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
         **_common(interval, warmup_epochs, warmup_start_factor),
     )
 
 
 @SCHEDULERS.register("onecycle")
-def onecycle(pct_start, div_factor, final_div_factor, anneal_strategy, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch):
+def onecycle(pct_start, div_factor, final_div_factor, anneal_strategy, interval, warmup_epochs, warmup_start_factor, *, optimizer, max_epochs, steps_per_epoch, max_steps=None):
     if warmup_epochs:
         raise UserError("scheduler=onecycle warms up by itself (scheduler.pct_start): leave scheduler.warmup_epochs=0")
     if anneal_strategy not in ("cos", "linear"):
@@ -230,6 +261,6 @@ def onecycle(pct_start, div_factor, final_div_factor, anneal_strategy, interval,
         lambda per_epoch, units, last_epoch=-1: torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=max_lrs, total_steps=units, pct_start=pct_start, div_factor=div_factor,
             final_div_factor=final_div_factor, anneal_strategy=anneal_strategy, last_epoch=last_epoch),
-        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, run_length_bound=True,
+        optimizer=optimizer, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, max_steps=max_steps, run_length_bound=True,
         **_common(interval, warmup_epochs, warmup_start_factor),
     )

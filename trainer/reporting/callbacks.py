@@ -1,7 +1,10 @@
 """Observers of the Engine: progress bar, per-epoch log line, metrics.csv, curves.png, TensorBoard.
 
 A callback only watches: it receives events and writes to the screen or to files, and it never
-changes the run. Their order does not matter.
+changes the run. Their order does not matter. `on_epoch_end` comes once per validation (so once per
+epoch by default; more with trainer.val_check_interval, fewer with trainer.val_every_n_epochs): its
+record has the epoch and the optimizer step ("epoch", "step"). `on_train_steps` brings the per-step
+scalars (logger.log_every_n_steps) in batches, read from the device once per N steps.
 """
 
 import csv
@@ -17,12 +20,16 @@ from trainer.reporting.tables import format_value
 
 log = logging.getLogger("trainer")
 
+STEPS_CSV = "metrics_steps.csv"
+STEP_COLUMNS = ("step", "epoch", "train/loss", "lr", "grad_norm")  # as trainer/step_scalars.py writes them
+
 
 class Callback:
     def on_fit_start(self, engine, train_batches: int, val_batches: int) -> None: ...
     def on_epoch_start(self, engine, epoch: int) -> None: ...
     def on_batch_end(self, engine, stage: str) -> None: ...
     def on_epoch_end(self, engine, record: Dict[str, float], improved: bool) -> None: ...
+    def on_train_steps(self, engine, rows: List[Dict[str, float]]) -> None: ...
     def on_fit_end(self, engine, summary: Dict[str, Any]) -> None: ...
 
 
@@ -39,14 +46,17 @@ class EpochLog(Callback):
 
     def on_fit_end(self, engine, summary) -> None:
         best = "none" if summary["best_value"] is None else format_value(summary["best_value"])
-        log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}")
+        validations = getattr(engine, "validations", None)
+        step = f" (optimizer step {summary['best_step']})" if validations and validations.inside_epochs else ""
+        log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}{step}")
 
 
 class CsvWriter(Callback):
-    """metrics.csv: one row per epoch, flushed as soon as the epoch ends.
+    """metrics.csv: one row per validation (keyed by epoch and optimizer step), flushed at once.
 
     At the start it rewrites the file from the engine's history, so a resumed run's file holds exactly
-    the epochs of its checkpoint, whatever was written after that checkpoint before a crash.
+    the validations of its checkpoint, whatever was written after that checkpoint before a crash. A record
+    with a column the file lacks (a run resumed from an older checkpoint) rewrites it with every column.
     """
 
     def __init__(self, path: str):
@@ -65,6 +75,13 @@ class CsvWriter(Callback):
         new = self.columns is None
         if new:
             self.columns = list(record)
+        elif not set(record) <= set(self.columns):
+            self.columns = list(dict.fromkeys([*record, *self.columns]))
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(self._row(row) for row in engine.history)
+            return
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             if new:
@@ -74,6 +91,30 @@ class CsvWriter(Callback):
     @staticmethod
     def _row(record: Dict[str, Any]) -> Dict[str, Any]:
         return {key: ("" if isinstance(v, float) and math.isnan(v) else v) for key, v in record.items()}
+
+
+class StepCsvWriter(Callback):
+    """metrics_steps.csv: step, epoch, train/loss, lr, grad_norm of every N-th optimizer step
+    (logger.log_every_n_steps). The loss is that step's own (its accumulation window's), not an average;
+    the lr is the one that step used; grad_norm is the gradient's total 2-norm before any clipping.
+    A resumed run keeps the rows of the steps its checkpoint had taken and redoes the rest."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_fit_start(self, engine, train_batches, val_batches) -> None:
+        kept = []
+        if engine.optimizer_steps and os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= engine.optimizer_steps]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=STEP_COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def on_train_steps(self, engine, rows) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=STEP_COLUMNS).writerows(rows)
 
 
 class RichProgress(Callback):
@@ -92,15 +133,20 @@ class RichProgress(Callback):
         )
         self.task = None
         self.total = 0
+        self.batches = (0, 0)
         self.interval = interval
         self.last_drawn = 0.0
 
     def on_fit_start(self, engine, train_batches, val_batches) -> None:
-        self.total = train_batches + val_batches
+        self.batches = (train_batches, val_batches)
         self.progress.start()
 
     def on_epoch_start(self, engine, epoch) -> None:
         description = f"epoch {epoch}/{engine.max_epochs}"
+        train_batches, val_batches = self.batches  # the validations this epoch will run, each over val_batches
+        plan = getattr(engine, "validations", None)
+        validations = plan.validations_in(epoch) if plan is not None else 1
+        self.total = train_batches + val_batches * validations
         if self.task is None:
             self.task = self.progress.add_task(description, total=self.total)
         else:
@@ -150,14 +196,16 @@ class CurvesPlot(Callback):
 
         self.last_drawn = time.perf_counter()
         try:
-            plots.draw_curves([dict(row) for row in engine.history], engine.monitor, self.path, best_epoch=engine.best_epoch)
+            plots.draw_curves([dict(row) for row in engine.history], engine.monitor, self.path, best_epoch=engine.best_epoch,
+                              best_step=getattr(engine, "best_step", None))
         except Exception as error:  # a picture is not worth a training run: warn once and go on
             self.broken = True
             log.warning(f"curves.png not drawn ({type(error).__name__}: {error}); redraw later with python -m trainer.report")
 
 
 class TensorBoardWriter(Callback):
-    """TensorBoard event files: every per-epoch number of metrics.csv (losses, metrics, lr) as a scalar."""
+    """TensorBoard event files: every number of metrics.csv (losses, metrics, lr, epoch) as a scalar, and the
+    per-step scalars as step/train_loss, step/lr, step/grad_norm; all over one x axis, the optimizer step."""
 
     def __init__(self, log_dir: str):
         import importlib.util
@@ -175,9 +223,14 @@ class TensorBoardWriter(Callback):
 
     def on_epoch_end(self, engine, record, improved) -> None:
         for key, value in record.items():
-            if key != "epoch":
-                self.writer.add_scalar(key, value, global_step=record["epoch"])
+            if key != "step":
+                self.writer.add_scalar(key, value, global_step=record["step"])
         self.writer.flush()  # readable while the run goes on
+
+    def on_train_steps(self, engine, rows) -> None:
+        for row in rows:
+            for key, tag in (("train/loss", "step/train_loss"), ("lr", "step/lr"), ("grad_norm", "step/grad_norm")):
+                self.writer.add_scalar(tag, row[key], global_step=row["step"])
 
     def on_fit_end(self, engine, summary) -> None:
         if self.writer is not None:
@@ -197,6 +250,8 @@ def run_callbacks(cfg, run_dir: str) -> List[Callback]:
     callbacks: List[Callback] = [
         EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv")), CurvesPlot(os.path.join(run_dir, plots.CURVES_PNG))
     ]
+    if cfg.logger.get("log_every_n_steps"):
+        callbacks.append(StepCsvWriter(os.path.join(run_dir, STEPS_CSV)))
     if progress_wanted(cfg.progress):
         callbacks.append(RichProgress())
     if cfg.logger.name == "tensorboard":

@@ -53,7 +53,7 @@ def series(rows: Sequence[Dict[str, float]], key: str) -> Optional[List[float]]:
     return values if any(math.isfinite(v) for v in values) else None
 
 
-def curve_panel(ax, epochs, rows, keys: Sequence[str], title: str, best_epoch: Optional[int]) -> None:
+def curve_panel(ax, epochs, rows, keys: Sequence[str], title: str, best_epoch: Optional[int], xlabel: str = "epoch") -> None:
     for key in keys:
         values = series(rows, key)
         if values is not None:
@@ -65,27 +65,33 @@ def curve_panel(ax, epochs, rows, keys: Sequence[str], title: str, best_epoch: O
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
     if len(keys) > 1 and ax.lines:
         ax.legend()
 
 
-def draw_curves(rows: Sequence[Dict[str, float]], monitor: str, path: str, best_epoch: Optional[int] = None) -> None:
-    """curves.png of a run's epochs (rows as in metrics.csv); a dotted line marks the best epoch."""
+def draw_curves(rows: Sequence[Dict[str, float]], monitor: str, path: str, best_epoch: Optional[int] = None,
+                best_step: Optional[int] = None) -> None:
+    """curves.png of a run's validations (rows as in metrics.csv); a dotted line marks the best one. Over epochs,
+    or over optimizer steps when some epoch has several rows (trainer.val_check_interval)."""
     epochs = [int(row["epoch"]) for row in rows]
+    by_step = len(set(epochs)) < len(rows) and all(math.isfinite(float(row.get("step", math.nan))) for row in rows)
+    xlabel = "optimizer step" if by_step else "epoch"
+    if by_step:
+        epochs, best_epoch = [int(row["step"]) for row in rows], best_step
     metric = monitor.split("/")[-1]
     if metric == "loss":  # the loss has its own panel: show accuracy beside it instead
         metric = "accuracy"
     fig = new_figure(13, 3.6)
     loss_ax, metric_ax, lr_ax = fig.subplots(1, 3)
-    curve_panel(loss_ax, epochs, rows, ["train/loss", "val/loss"], "loss", best_epoch)
-    curve_panel(metric_ax, epochs, rows, [f"train/{metric}", f"val/{metric}"], metric, best_epoch)
-    curve_panel(lr_ax, epochs, rows, ["lr"], "learning rate", best_epoch)
+    curve_panel(loss_ax, epochs, rows, ["train/loss", "val/loss"], "loss", best_epoch, xlabel)
+    curve_panel(metric_ax, epochs, rows, [f"train/{metric}", f"val/{metric}"], metric, best_epoch, xlabel)
+    curve_panel(lr_ax, epochs, rows, ["lr"], "learning rate", best_epoch, xlabel)
     lrs = [v for v in (series(rows, "lr") or []) if v > 0]
     if lrs and max(lrs) / min(lrs) > 10:
         lr_ax.set_yscale("log")
-    fig.suptitle(f"best {monitor} at epoch {best_epoch}" if best_epoch is not None else f"monitor: {monitor}")
+    fig.suptitle(f"best {monitor} at {xlabel} {best_epoch}" if best_epoch is not None else f"monitor: {monitor}")
     save_figure(fig, path)
 
 

@@ -45,7 +45,8 @@ def redraw_curves(run_dir: Path) -> Optional[List[Dict[str, float]]]:
     rows = read_metrics(metrics) if metrics.is_file() else []
     if rows:
         summary = read_summary(run_dir)
-        draw_curves(rows, run_monitor(run_dir, summary), str(run_dir / CURVES_PNG), best_epoch=summary.get("best_epoch"))
+        draw_curves(rows, run_monitor(run_dir, summary), str(run_dir / CURVES_PNG), best_epoch=summary.get("best_epoch"),
+                    best_step=summary.get("best_step"))
     return rows or None
 
 

@@ -35,16 +35,16 @@ def number(value: Any) -> str:
 
 
 def run_table(rows: Sequence[Dict[str, float]], summary: Dict[str, Any], monitor: str, title: str) -> Table:
-    """One row per epoch as in metrics.csv; the best epoch in bold with a star."""
-    best_epoch = summary.get("best_epoch")
+    """One row per validation as in metrics.csv; the best one in bold with a star (by its step when known)."""
+    best_epoch, best_step = summary.get("best_epoch"), summary.get("best_step")
     keys = [key for key in (rows[0] if rows else {}) if key != "epoch"]
     table = titled_table(title)
     table.add_column("epoch", justify="right")
     for key in keys:
         table.add_column(key + (" *" if key == monitor else ""), justify="right")
     for row in rows:
-        best = int(row["epoch"]) == best_epoch
-        cells = [f"{int(row['epoch'])}{' *' if best else ''}"] + [number(row[key]) for key in keys]
+        by_step = best_step is not None and row.get("step") is not None and math.isfinite(float(row["step"]))
+        best = int(row["step"]) == best_step if by_step else int(row["epoch"]) == best_epoch
+        cells = [f"{int(row['epoch'])}{' *' if best else ''}"] + [number(int(row[key]) if key == "step" and math.isfinite(float(row[key])) else row[key]) for key in keys]
         table.add_row(*cells, style="bold green" if best else None)
     return table
-

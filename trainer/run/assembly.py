@@ -3,7 +3,7 @@ schedule, then the Engine. Each step calls down into one concern (data, parts, o
 """
 
 import dataclasses
-import math
+import logging
 
 import torch
 from omegaconf import DictConfig
@@ -14,6 +14,7 @@ from trainer.data.datasets import DATASETS, DataBundle
 from trainer.engine import distributed
 from trainer.engine.loop import Engine, LoopSettings
 from trainer.engine.place import current_place
+from trainer.engine.validation_schedule import ValidationSchedule
 from trainer.errors import UserError
 from trainer.optim.optimizers import OPTIMIZERS
 from trainer.optim.schedules import SCHEDULERS
@@ -82,7 +83,7 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch:
     optimizer = build(OPTIMIZERS, plain(cfg.optimizer), model=model)
     schedule = build(
         SCHEDULERS, plain(cfg.scheduler), optimizer=optimizer, max_epochs=cfg.trainer.max_epochs,
-        steps_per_epoch=steps_per_epoch, mode=monitor_mode(cfg),
+        steps_per_epoch=steps_per_epoch, max_steps=cfg.trainer.get("max_steps"), mode=monitor_mode(cfg),
     )
     return optimizer, schedule
 
@@ -103,7 +104,23 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
         min_delta=t.min_delta,
         save_top_k=cfg.checkpoint.save_top_k,
         save_checkpoints=not t.fast_dev_run,
+        val_every_n_epochs=t.val_every_n_epochs,
+        val_check_interval=t.val_check_interval,
+        max_steps=t.max_steps,
+        log_every_n_steps=cfg.logger.get("log_every_n_steps"),
     )
+
+
+def validation_plan(cfg: DictConfig, train_batches: int):
+    """The loop's settings and when it validates (checks val_check_interval against the epoch's steps)."""
+    loop = loop_settings(cfg)
+    validations = ValidationSchedule.of(loop, train_batches)
+    if loop.max_steps is not None and loop.max_steps > validations.run_steps:
+        logging.getLogger("trainer").warning(
+            f"warning: trainer.max_steps={loop.max_steps} is more than the {validations.run_steps} optimizer steps of "
+            f"trainer.max_epochs={loop.max_epochs}; the run ends after {loop.max_epochs} epochs: raise trainer.max_epochs "
+            "for a longer run")
+    return loop, validations
 
 
 def shard_data(cfg: DictConfig, data: DataBundle, place) -> DataBundle:
@@ -154,11 +171,12 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
     model, ema = place_model(cfg, model, device, place)
     seed_this_process(cfg, place)
     train_loader, val_loader = training_loaders(cfg, data)
-    optimizer, schedule = build_optimization(cfg, model, math.ceil(len(train_loader) / cfg.trainer.accumulate))
+    loop, validations = validation_plan(cfg, len(train_loader))
+    optimizer, schedule = build_optimization(cfg, model, validations.steps_per_epoch)
     engine = Engine(
         model, loss_fn, optimizer, schedule, cfg.metric.names,
         device=device,
-        loop=loop_settings(cfg),
+        loop=loop,
         ema=ema,
         mixup=getattr(data, "mixup", None),
         target_values=regression_targets(cfg, data),

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.data.batches import batch_count
 from trainer.data.datasets import DATASETS
 from trainer.data.transforms import resolve_input
+from trainer.engine.validation_schedule import check_validation_settings
 from trainer.errors import UserError
 from trainer.evaluation.metrics import METRICS, REGRESSION_METRICS, default_mode
 from trainer.optim.optimizers import OPTIMIZERS, check_rates
@@ -48,7 +49,13 @@ def check_config(cfg: DictConfig) -> None:
     if t.accumulate < 1:
         raise UserError(f"trainer.accumulate={t.accumulate} is not valid; use an integer >= 1 (1 = no accumulation)")
     if t.patience is not None and t.patience < 1:
-        raise UserError(f"trainer.patience={t.patience} is not valid; use an integer >= 1, or null for no early stopping")
+        raise UserError(f"trainer.patience={t.patience} is not valid; use an integer >= 1 (validations without "
+                        "improvement), or null for no early stopping")
+    check_validation_settings(t)
+    every = cfg.logger.get("log_every_n_steps")
+    if every is not None and every < 0:
+        raise UserError(f"logger.log_every_n_steps={every} is not valid; use an integer >= 1 (optimizer steps), "
+                        "or 0 or null for no per-step scalars")
     for key in ("grad_clip_norm", "grad_clip_value"):
         if t[key] is not None and t[key] <= 0:
             raise UserError(f"trainer.{key}={t[key]} is not valid; use a number > 0, or null")
