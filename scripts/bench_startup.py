@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "timm", "sklearn")
+HEAVY = ("torch", "timm", "sklearn", "mlflow", "wandb")
 
 
 def env(**extra):

@@ -1,4 +1,5 @@
-"""Observers of the Engine: progress bar, per-epoch log line, metrics.csv, curves.png, TensorBoard.
+"""Observers of the Engine: progress bar, per-epoch log line, metrics.csv, curves.png, TensorBoard (and the
+experiment trackers of trainer/tracking.py).
 
 A callback only watches: it receives events and writes to the screen or to files, and it never
 changes the run. Their order does not matter.
@@ -20,6 +21,8 @@ class Callback:
     def on_batch_end(self, engine, stage: str) -> None: ...
     def on_epoch_end(self, engine, record: Dict[str, float], improved: bool) -> None: ...
     def on_fit_end(self, engine, summary: Dict[str, Any]) -> None: ...
+    # the run is over, its end-of-run reports written (or it failed): called by `python -m trainer` once fit began
+    def on_run_end(self, engine) -> None: ...
 
 
 def format_value(value: Any) -> str:
@@ -207,8 +210,14 @@ def run_callbacks(cfg, run_dir: str) -> List[Callback]:
     ]
     if progress_wanted(cfg.progress):
         callbacks.append(RichProgress())
-    if cfg.logger.name == "tensorboard":
-        callbacks.append(TensorBoardWriter(os.path.join(run_dir, cfg.logger.log_dir)))
-    elif cfg.logger.name != "none":
-        raise UserError(f"unknown logger '{cfg.logger.name}'; choose one of: none, tensorboard")
-    return callbacks
+    from trainer.tracking import logger_settings, tracker_callbacks
+
+    chosen = logger_settings(cfg)
+    # trackers first: one that cannot start stops the run before the other callbacks have begun
+    trackers, others = tracker_callbacks(cfg, chosen, run_dir)
+    for name in others:
+        if name != "tensorboard":
+            raise UserError(f"unknown logger '{name}'; choose any of: none, tensorboard, mlflow, wandb "
+                            "(several at once: logger=[tensorboard,mlflow])")
+        callbacks.append(TensorBoardWriter(os.path.join(run_dir, chosen[name]["log_dir"])))
+    return trackers + callbacks

@@ -12,6 +12,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from trainer.logger_config import LOGGER_SCHEMAS
+
 # The YAML config tree. An absolute path: Hydra resolves a relative one against the calling module,
 # which differs between `python -m trainer` and the installed `trainer` command.
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -370,19 +372,8 @@ SCHEMAS = {
 }
 
 
-# --- logger: where per-epoch scalars go besides metrics.csv and curves.png -------------------
-@dataclass
-class NoLogger:
-    name: str = "none"
-
-
-@dataclass
-class TensorBoardLogger:
-    name: str = "tensorboard"
-    log_dir: str = "tensorboard"  # relative to the run directory
-
-
-SCHEMAS["logger"] = {"none": NoLogger, "tensorboard": TensorBoardLogger}
+# --- logger: where per-epoch scalars go besides metrics.csv and curves.png (one key per option) ---------
+SCHEMAS["logger"] = LOGGER_SCHEMAS
 
 
 def register_configs() -> None:

@@ -1,0 +1,285 @@
+"""logger=mlflow and logger=wandb, read back with the real clients: MlflowClient on the SQLite store, and the
+offline W&B run files (decoded with W&B's own protobuf records). Real training runs in subprocesses, tiny."""
+
+import glob
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, compose_train, read_csv, read_json
+
+TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "progress=false")
+NO_WANDB_ACCOUNT = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
+
+
+def client_of(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+
+
+def only_run(client, experiment: str = "trainer"):
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment}"
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1, [run.info.run_id for run in runs]
+    return runs[0]
+
+
+def history(client, run_id: str, key: str) -> list:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def csv_columns(run_dir: Path) -> dict:
+    """metrics.csv as key -> [(epoch, value)], for every column but the epoch."""
+    rows = read_csv(run_dir / "metrics.csv")
+    return {key: [(int(row["epoch"]), float(row[key]) if row[key] != "" else math.nan) for row in rows]
+            for key in rows[0] if key != "epoch"}
+
+
+def assert_history_is_metrics_csv(client, run_id: str, run_dir: Path) -> None:
+    columns = csv_columns(run_dir)
+    assert set(columns) <= set(client.get_run(run_id).data.metrics), columns.keys()
+    for key, expected in columns.items():
+        logged = history(client, run_id, key)
+        assert [step for step, _ in logged] == [epoch for epoch, _ in expected], key
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-12, nan_ok=True), key
+
+
+def flat(node, prefix=""):
+    """The test's own flattening of .hydra/config.yaml, to compare the params with."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+def test_mlflow_run_holds_params_metrics_tags_and_artifacts_beside_tensorboard(cli, tmp_path):
+    import yaml
+
+    run_dir = tmp_path / "run"
+    overrides = ["logger=[tensorboard,mlflow]", *TINY]
+    result = cli("trainer", *overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))  # both loggers ran
+
+    client = client_of(tmp_path)  # the default store: outputs/mlflow.db under the working directory
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert read_json(run_dir / "tracking.json")["mlflow"]["run_id"] == run.info.run_id
+    # params: the resolved config, flattened
+    with open(run_dir / ".hydra" / "config.yaml") as f:
+        config = flat({key: value for key, value in yaml.safe_load(f).items() if key != "resume"})
+    params = run.data.params
+    assert set(params) == set(config)
+    assert params["trainer.max_epochs"] == "2" and params["optimizer.name"] == "adamw"
+    assert params["logger.tensorboard.log_dir"] == "tensorboard" and params["data.class_fraction"] == "null"
+    assert float(params["optimizer.lr"]) == config["optimizer.lr"]
+    # metrics: every column of metrics.csv, one value per epoch at step = epoch
+    assert_history_is_metrics_csv(client, run.info.run_id, run_dir)
+    # tags: the overrides as given (Hydra's own left out), each key's value, the run directory
+    tags = run.data.tags
+    assert tags["overrides"] == " ".join(overrides)
+    assert tags["override.trainer.max_epochs"] == "2" and tags["override.logger"] == "[tensorboard,mlflow]"
+    assert tags["run_dir"] == str(run_dir) and tags["status"] == "completed"
+    assert tags["mlflow.runName"] == "run"
+    # artifacts: the run's pictures, reports and summary; no checkpoint unless asked for
+    names = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert {"curves.png", "summary.json", "metrics.csv", "confusion_matrix.png", "confusion_matrix.csv",
+            "per_class.csv", "per_class.json"} <= names
+    assert "checkpoints" not in names
+    downloaded = client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))
+    assert read_json(Path(downloaded)) == read_json(run_dir / "summary.json")
+    assert Path(run.info.artifact_uri.replace("file://", "")).is_relative_to(tmp_path / "outputs")
+
+
+def test_unreachable_tracking_uri_stops_the_run_before_training(cli, tmp_path):
+    uri = "http://127.0.0.1:9"  # the discard port: nothing listens
+    result = cli("trainer", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", *TINY, "hydra.run.dir=run")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and uri in lines[0], result.stderr
+    assert "logger.mlflow.fail_on_error=false" in lines[0]
+    assert not (tmp_path / "run" / "metrics.csv").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("logger, extra", [("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_a_missing_extra_is_one_message_naming_it(monkeypatch, tmp_path, logger, extra):
+    import importlib.util
+
+    from trainer.callbacks import run_callbacks
+    from trainer.errors import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == extra else real(name, *a))
+    cfg = compose_train(f"logger=[tensorboard,{logger}]")
+    with pytest.raises(UserError, match=rf"logger={logger} needs the {extra} package.*pip install -e '\.\[{extra}\]'"):
+        run_callbacks(cfg, str(tmp_path))
+
+
+def test_trackers_are_imported_only_when_chosen(tmp_path):
+    code = (
+        "import sys\nsys.path.insert(0, 'tests')\nfrom conftest import compose_train\n"
+        "from trainer.callbacks import run_callbacks\n"
+        f"for choice in ('logger=none', 'logger=tensorboard'):\n"
+        f"    print(choice, [type(c).__name__ for c in run_callbacks(compose_train(choice), {str(tmp_path)!r})])\n"
+        "print('LOADED', sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=cli_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert "LOADED []" in out.stdout, out.stdout + out.stderr
+    assert "logger=tensorboard ['EpochLog', 'CsvWriter', 'CurvesPlot', 'TensorBoardWriter']" in out.stdout
+
+
+def test_the_key_check_knows_each_loggers_own_keys_and_several_loggers_at_once():
+    from trainer.command_line import unknown_keys_problem
+    from trainer.config import CONF_DIR
+
+    def problem(*args):
+        return unknown_keys_problem(["trainer", *args], CONF_DIR)
+
+    assert problem("logger=[tensorboard,mlflow,wandb]", "logger.tensorboard.log_dir=tb", "logger.mlflow.tracking_uri=x",
+                   "logger.wandb.mode=offline") is None
+    assert "did you mean logger.mlflow.tracking_uri?" in problem("logger=[tensorboard,mlflow]", "logger.mlflow.trackin_uri=x")
+    assert "did you mean logger.tensorboard.log_dir?" in problem("logger=tensorboard", "logger.log_dir=tb")  # the old key
+    assert "logger.wandb.mode is not a key of logger=mlflow (only of logger=wandb)" in problem("logger=mlflow", "logger.wandb.mode=x")
+    assert "logger.mlflow.tracking_uri is not a key of logger=[tensorboard,wandb]" in problem(
+        "logger=[tensorboard,wandb]", "logger.mlflow.tracking_uri=x")
+
+
+# --- W&B ------------------------------------------------------------------------------------------
+def wandb_records(path: Path) -> list:
+    """The records of a .wandb file (W&B's LevelDB-style log: 32 KiB blocks of chunks, each with a 7-byte header
+    crc32c, length, type FULL/FIRST/MIDDLE/LAST), decoded by W&B's own protobuf Record. wandb ships no reader."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    block, position, pending, records = 32768, 7, b"", []
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if kind == 0:
+            break
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_history(path: Path) -> list:
+    rows = []
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def wandb_run_record(path: Path):
+    return next(r.run for r in wandb_records(path) if r.WhichOneof("record_type") == "run")
+
+
+def offline_runs(run_dir: Path, run_id: str) -> list:
+    return sorted(Path(p) for p in glob.glob(str(run_dir / "wandb" / f"offline-run-*-{run_id}")))
+
+
+def assert_wandb_history_is_metrics_csv(rows: list, run_dir: Path) -> None:
+    columns = csv_columns(run_dir)
+    for key, expected in columns.items():
+        logged = [(row["epoch"], row[key]) for row in rows if key in row]
+        assert [epoch for epoch, _ in logged] == [epoch for epoch, _ in expected], key
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-12, nan_ok=True), key
+
+
+def test_wandb_logs_offline_without_an_account(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = cli("trainer", "logger=wandb", *TINY, f"hydra.run.dir={run_dir}", env_extra=NO_WANDB_ACCOUNT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = read_json(run_dir / "tracking.json")["wandb"]["id"]
+    (folder,) = offline_runs(run_dir, run_id)
+    assert f"wandb sync run/wandb/{folder.name}" in result.stdout  # how to upload it later
+    log_file = folder / f"run-{run_id}.wandb"
+    assert_wandb_history_is_metrics_csv(wandb_history(log_file), run_dir)
+    run = wandb_run_record(log_file)
+    assert run.run_id == run_id and run.project == "trainer" and run.display_name == "run"
+    assert set(run.tags) == {"logger=wandb", *TINY}
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["trainer"]["max_epochs"] == 2 and config["optimizer"]["name"] == "adamw"
+    saved = {p.name for p in (folder / "files").iterdir()}
+    assert {"curves.png", "summary.json", "metrics.csv", "confusion_matrix.png"} <= saved
+
+
+# --- slow: resume, sweeps, failures ----------------------------------------------------------------
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_same_mlflow_run(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    first = cli("trainer", "logger=mlflow", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    client = client_of(tmp_path)
+    run_id = only_run(client).info.run_id
+    resumed = cli("trainer", f"resume={run_dir}", "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run = only_run(client)  # still one run
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert_history_is_metrics_csv(client, run_id, run_dir)
+    assert [step for step, _ in history(client, run_id, "val/f1")] == [1, 2]
+    assert run.data.params["trainer.max_epochs"] == "1"  # a param never changes in MLflow
+    assert run.data.tags["resumed.trainer.max_epochs"] == "2" and run.data.tags["resumed.at_epoch"] == "1"
+
+
+@pytest.mark.slow
+def test_a_sweeps_jobs_are_runs_of_one_experiment_tagged_with_the_sweep(cli, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = cli("trainer", "-m", "logger=mlflow", "logger.mlflow.experiment_name=lrs", "optimizer.lr=0.01,0.003",
+                 *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = client_of(tmp_path)
+    experiment = client.get_experiment_by_name("lrs")
+    runs = sorted(client.search_runs([experiment.experiment_id]), key=lambda run: run.data.tags["sweep.job"])
+    assert [run.data.tags["sweep.job"] for run in runs] == ["0", "1"]
+    assert {run.data.tags["sweep"] for run in runs} == {str(sweep_dir)}
+    assert [run.data.params["optimizer.lr"] for run in runs] == ["0.01", "0.003"]
+    for job, run in enumerate(runs):
+        assert run.info.status == "FINISHED"
+        assert_history_is_metrics_csv(client, run.info.run_id, sweep_dir / str(job))
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracking_uri_only_warns_with_fail_on_error_false(cli, tmp_path):
+    uri = "http://127.0.0.1:9"
+    result = cli("trainer", "logger=[mlflow,tensorboard]", f"logger.mlflow.tracking_uri={uri}",
+                 "logger.mlflow.fail_on_error=false", *TINY, "hydra.run.dir=run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"logger=mlflow cannot use the tracking URI {uri}" in result.stdout
+    assert read_json(tmp_path / "run" / "summary.json")["status"] == "completed"
+    assert len(read_csv(tmp_path / "run" / "metrics.csv")) == 2
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_same_wandb_run(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    first = cli("trainer", "logger=wandb", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}",
+                env_extra=NO_WANDB_ACCOUNT)
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_id = read_json(run_dir / "tracking.json")["wandb"]["id"]
+    resumed = cli("trainer", f"resume={run_dir}", "trainer.max_epochs=2", env_extra=NO_WANDB_ACCOUNT)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert read_json(run_dir / "tracking.json")["wandb"]["id"] == run_id
+    folders = offline_runs(run_dir, run_id)  # offline, a continuation is a second folder of the same run id
+    assert len(folders) == 2
+    parts = [wandb_history(folder / f"run-{run_id}.wandb") for folder in folders]
+    assert [[row["epoch"] for row in part] for part in parts] == [[1], [2]]
+    assert all(wandb_run_record(folder / f"run-{run_id}.wandb").run_id == run_id for folder in folders)
+    assert_wandb_history_is_metrics_csv(parts[0] + parts[1], run_dir)
