@@ -283,3 +283,66 @@ def test_a_resumed_run_continues_the_same_wandb_run(cli, tmp_path):
     assert [[row["epoch"] for row in part] for part in parts] == [[1], [2]]
     assert all(wandb_run_record(folder / f"run-{run_id}.wandb").run_id == run_id for folder in folders)
     assert_wandb_history_is_metrics_csv(parts[0] + parts[1], run_dir)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_run_costs_the_run_nothing(tmp_path):
+    """A real MLflow server, stopped after the first epoch: the run trains to its end with a warning, its own
+    files complete, and what reached the server is the first epochs of metrics.csv."""
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import REPO
+
+    port, database = free_port(), tmp_path / "server.db"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{database}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--artifacts-destination", str(tmp_path / "served")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    trainer = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        env = dict(cli_env(), MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+        run_dir = tmp_path / "run"
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "trainer", "logger=mlflow", f"logger.mlflow.tracking_uri=http://127.0.0.1:{port}",
+             *TINY, "trainer.max_epochs=4", f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while not ((run_dir / "metrics.csv").exists() and len(read_csv(run_dir / "metrics.csv")) >= 1):
+            assert trainer.poll() is None, trainer.stdout.read()
+            time.sleep(0.05)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        output, _ = trainer.communicate(timeout=600)
+    finally:
+        for process in (server, trainer):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL) if process is server else process.kill()
+    assert trainer.returncode == 0, output
+    assert "the run goes on without MLflow" in output, output
+    assert read_json(run_dir / "summary.json")["status"] == "completed"
+    assert len(read_csv(run_dir / "metrics.csv")) == 4
+    assert (run_dir / "checkpoints" / "best.ckpt").exists() and (run_dir / "curves.png").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{database}")  # what the server had stored
+    run = only_run(client)
+    logged = history(client, run.info.run_id, "val/loss")
+    expected = csv_columns(run_dir)["val/loss"][:len(logged)]
+    assert 1 <= len(logged) < 4 and logged == expected

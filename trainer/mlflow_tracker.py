@@ -103,11 +103,11 @@ class MlflowTracker(Tracker):
 
     def _open_run(self, engine) -> None:
         params = {key: value[:PARAM_LENGTH] for key, value in flat_params(self.cfg).items()}
-        run_id = (self.stored or {}).get("run_id")
-        if run_id is not None and self._reopen(run_id, params, engine.epoch):
-            self.run_id = run_id
-            log.info(f"MLflow: continuing run {run_id} of experiment '{self.settings.experiment_name}' at {self.uri}")
+        self.run_id = (self.stored or {}).get("run_id")
+        if self.run_id is not None and self._reopen(self.run_id, params, engine.epoch):
+            log.info(f"MLflow: continuing run {self.run_id} of experiment '{self.settings.experiment_name}' at {self.uri}")
             return
+        self.run_id = None
         tags = {**override_tags(self.context.overrides), "run_dir": self.context.run_dir}
         if self.context.sweep_dir is not None:
             tags.update({"sweep": self.context.sweep_dir, "sweep.job": str(self.context.job)})
@@ -135,7 +135,7 @@ class MlflowTracker(Tracker):
         self._log_params({key: value for key, value in params.items() if key not in logged})
         # a param cannot change in MLflow: the settings a resume may change are kept as tags
         tags = {f"resumed.{key}": value for key, value in changed.items()}
-        tags[f"resumed.at_epoch"] = str(epoch)
+        tags["resumed.at_epoch"] = str(epoch)
         tags.update({"resume.overrides": " ".join(self.context.overrides)})
         self._log_batch(tags=tags)
         return True
