@@ -3,7 +3,7 @@
     python scripts/bench_startup.py
 
 Start-up: `python -m trainer --help`, `--cfg job` and a tab-completion query (`trainer -sc query=bash`,
-as the shell asks it) must answer without importing torch, timm or scikit-learn; each is timed over
+as the shell asks it) must answer without importing torch, timm, scikit-learn, mlflow or wandb; each is timed over
 several runs (median), next to the time of importing those libraries.
 Memory: the maximum resident set size (getrusage) of `python -m trainer` on the default digits
 config and of `python -m trainer.evaluate` on its best checkpoint.

@@ -59,46 +59,7 @@ def flat(node, prefix=""):
     return {prefix[:-1]: node}
 
 
-# --- MLflow ---------------------------------------------------------------------------------------
-def test_mlflow_run_holds_params_metrics_tags_and_artifacts_beside_tensorboard(cli, tmp_path):
-    import yaml
-
-    run_dir = tmp_path / "run"
-    overrides = ["logger=[tensorboard,mlflow]", *TINY]
-    result = cli("trainer", *overrides, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))  # both loggers ran
-
-    client = client_of(tmp_path)  # the default store: outputs/mlflow.db under the working directory
-    run = only_run(client)
-    assert run.info.status == "FINISHED"
-    assert read_json(run_dir / "tracking.json")["mlflow"]["run_id"] == run.info.run_id
-    # params: the resolved config, flattened
-    with open(run_dir / ".hydra" / "config.yaml") as f:
-        config = flat({key: value for key, value in yaml.safe_load(f).items() if key != "resume"})
-    params = run.data.params
-    assert set(params) == set(config)
-    assert params["trainer.max_epochs"] == "2" and params["optimizer.name"] == "adamw"
-    assert params["logger.tensorboard.log_dir"] == "tensorboard" and params["data.class_fraction"] == "null"
-    assert float(params["optimizer.lr"]) == config["optimizer.lr"]
-    # metrics: every column of metrics.csv, one value per epoch at step = epoch
-    assert_history_is_metrics_csv(client, run.info.run_id, run_dir)
-    # tags: the overrides as given (Hydra's own left out), each key's value, the run directory
-    tags = run.data.tags
-    assert tags["overrides"] == " ".join(overrides)
-    assert tags["override.trainer.max_epochs"] == "2" and tags["override.logger"] == "[tensorboard,mlflow]"
-    assert tags["run_dir"] == str(run_dir) and tags["status"] == "completed"
-    assert tags["mlflow.runName"] == "run"
-    # artifacts: the run's pictures, reports and summary; no checkpoint unless asked for
-    names = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {"curves.png", "summary.json", "metrics.csv", "confusion_matrix.png", "confusion_matrix.csv",
-            "per_class.csv", "per_class.json"} <= names
-    assert "checkpoints" not in names
-    downloaded = client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))
-    assert read_json(Path(downloaded)) == read_json(run_dir / "summary.json")
-    assert Path(run.info.artifact_uri.replace("file://", "")).is_relative_to(tmp_path / "outputs")
-
-
+# --- start-up: failures, extras, keys ------------------------------------------------------------
 def test_unreachable_tracking_uri_stops_the_run_before_training(cli, tmp_path):
     uri = "http://127.0.0.1:9"  # the discard port: nothing listens
     result = cli("trainer", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", *TINY, "hydra.run.dir=run")
@@ -153,7 +114,7 @@ def test_the_key_check_knows_each_loggers_own_keys_and_several_loggers_at_once()
         "logger=[tensorboard,wandb]", "logger.mlflow.tracking_uri=x")
 
 
-# --- W&B ------------------------------------------------------------------------------------------
+# --- W&B files, and all three loggers in one run ---------------------------------------------------
 def wandb_records(path: Path) -> list:
     """The records of a .wandb file (W&B's LevelDB-style log: 32 KiB blocks of chunks, each with a 7-byte header
     crc32c, length, type FULL/FIRST/MIDDLE/LAST), decoded by W&B's own protobuf Record. wandb ships no reader."""
@@ -203,20 +164,57 @@ def assert_wandb_history_is_metrics_csv(rows: list, run_dir: Path) -> None:
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-12, nan_ok=True), key
 
 
-def test_wandb_logs_offline_without_an_account(cli, tmp_path):
+def test_three_loggers_at_once_read_back_with_their_own_clients(cli, tmp_path):
+    """One run with logger=[tensorboard,mlflow,wandb]: MLflow's run (params, metrics, tags, artifacts) read with
+    MlflowClient from the default SQLite store; W&B's offline run (no account) read from its .wandb file."""
+    import yaml
+
     run_dir = tmp_path / "run"
-    result = cli("trainer", "logger=wandb", *TINY, f"hydra.run.dir={run_dir}", env_extra=NO_WANDB_ACCOUNT)
+    overrides = ["logger=[tensorboard,mlflow,wandb]", *TINY]
+    result = cli("trainer", *overrides, f"hydra.run.dir={run_dir}", env_extra=NO_WANDB_ACCOUNT)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    client = client_of(tmp_path)  # the default store: outputs/mlflow.db under the working directory
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert read_json(run_dir / "tracking.json")["mlflow"]["run_id"] == run.info.run_id
+    # params: the resolved config, flattened
+    with open(run_dir / ".hydra" / "config.yaml") as f:
+        config = flat({key: value for key, value in yaml.safe_load(f).items() if key != "resume"})
+    params = run.data.params
+    assert set(params) == set(config)
+    assert params["trainer.max_epochs"] == "2" and params["optimizer.name"] == "adamw"
+    assert params["logger.tensorboard.log_dir"] == "tensorboard" and params["data.class_fraction"] == "null"
+    assert float(params["optimizer.lr"]) == config["optimizer.lr"]
+    # metrics: every column of metrics.csv, one value per epoch at step = epoch
+    assert_history_is_metrics_csv(client, run.info.run_id, run_dir)
+    # tags: the overrides as given (Hydra's own left out), each key's value, the run directory
+    tags = run.data.tags
+    assert tags["overrides"] == " ".join(overrides)
+    assert tags["override.trainer.max_epochs"] == "2" and tags["override.logger"] == "[tensorboard,mlflow,wandb]"
+    assert tags["run_dir"] == str(run_dir) and tags["status"] == "completed"
+    assert tags["mlflow.runName"] == "run"
+    # artifacts: the run's pictures, reports and summary; no checkpoint unless asked for
+    names = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert {"curves.png", "summary.json", "metrics.csv", "confusion_matrix.png", "confusion_matrix.csv",
+            "per_class.csv", "per_class.json"} <= names
+    assert "checkpoints" not in names
+    downloaded = client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))
+    assert read_json(Path(downloaded)) == read_json(run_dir / "summary.json")
+    assert Path(run.info.artifact_uri.replace("file://", "")).is_relative_to(tmp_path / "outputs")
+
+    # W&B, offline without an account: the run id of tracking.json, the history equal to metrics.csv
     run_id = read_json(run_dir / "tracking.json")["wandb"]["id"]
     (folder,) = offline_runs(run_dir, run_id)
     assert f"wandb sync run/wandb/{folder.name}" in result.stdout  # how to upload it later
     log_file = folder / f"run-{run_id}.wandb"
     assert_wandb_history_is_metrics_csv(wandb_history(log_file), run_dir)
-    run = wandb_run_record(log_file)
-    assert run.run_id == run_id and run.project == "trainer" and run.display_name == "run"
-    assert set(run.tags) == {"logger=wandb", *TINY}
-    config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert config["trainer"]["max_epochs"] == 2 and config["optimizer"]["name"] == "adamw"
+    wandb_run = wandb_run_record(log_file)
+    assert wandb_run.run_id == run_id and wandb_run.project == "trainer" and wandb_run.display_name == "run"
+    assert set(wandb_run.tags) == set(overrides)
+    config = {item.key: json.loads(item.value_json) for item in wandb_run.config.update}
+    assert config["trainer"]["max_epochs"] == 2 and config["logger"]["wandb"]["mode"] is None
     saved = {p.name for p in (folder / "files").iterdir()}
     assert {"curves.png", "summary.json", "metrics.csv", "confusion_matrix.png"} <= saved
 
