@@ -15,7 +15,9 @@ import pytest
 from conftest import cli_env, compose_train, read_csv, read_json
 
 TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "progress=false")
-NO_WANDB_ACCOUNT = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
+# never online: W&B offline without an account, no MLflow usage telemetry
+OFFLINE = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_SILENT": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "true"}
 
 
 def client_of(tmp_path: Path):
@@ -62,7 +64,7 @@ def flat(node, prefix=""):
 # --- start-up: failures, extras, keys ------------------------------------------------------------
 def test_unreachable_tracking_uri_stops_the_run_before_training(cli, tmp_path):
     uri = "http://127.0.0.1:9"  # the discard port: nothing listens
-    result = cli("trainer", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", *TINY, "hydra.run.dir=run")
+    result = cli("trainer", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", *TINY, "hydra.run.dir=run", env_extra=OFFLINE)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stdout + result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and uri in lines[0], result.stderr
@@ -171,7 +173,7 @@ def test_three_loggers_at_once_read_back_with_their_own_clients(cli, tmp_path):
 
     run_dir = tmp_path / "run"
     overrides = ["logger=[tensorboard,mlflow,wandb]", *TINY]
-    result = cli("trainer", *overrides, f"hydra.run.dir={run_dir}", env_extra=NO_WANDB_ACCOUNT)
+    result = cli("trainer", *overrides, f"hydra.run.dir={run_dir}", env_extra=OFFLINE)
     assert result.returncode == 0, result.stdout + result.stderr
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -223,11 +225,11 @@ def test_three_loggers_at_once_read_back_with_their_own_clients(cli, tmp_path):
 @pytest.mark.slow
 def test_a_resumed_run_continues_the_same_mlflow_run(cli, tmp_path):
     run_dir = tmp_path / "run"
-    first = cli("trainer", "logger=mlflow", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    first = cli("trainer", "logger=mlflow", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", env_extra=OFFLINE)
     assert first.returncode == 0, first.stdout + first.stderr
     client = client_of(tmp_path)
     run_id = only_run(client).info.run_id
-    resumed = cli("trainer", f"resume={run_dir}", "trainer.max_epochs=2")
+    resumed = cli("trainer", f"resume={run_dir}", "trainer.max_epochs=2", env_extra=OFFLINE)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     run = only_run(client)  # still one run
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
@@ -241,7 +243,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(cli, tmp_path):
 def test_a_sweeps_jobs_are_runs_of_one_experiment_tagged_with_the_sweep(cli, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = cli("trainer", "-m", "logger=mlflow", "logger.mlflow.experiment_name=lrs", "optimizer.lr=0.01,0.003",
-                 *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}")
+                 *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}", env_extra=OFFLINE)
     assert result.returncode == 0, result.stdout + result.stderr
     client = client_of(tmp_path)
     experiment = client.get_experiment_by_name("lrs")
@@ -258,7 +260,7 @@ def test_a_sweeps_jobs_are_runs_of_one_experiment_tagged_with_the_sweep(cli, tmp
 def test_an_unreachable_tracking_uri_only_warns_with_fail_on_error_false(cli, tmp_path):
     uri = "http://127.0.0.1:9"
     result = cli("trainer", "logger=[mlflow,tensorboard]", f"logger.mlflow.tracking_uri={uri}",
-                 "logger.mlflow.fail_on_error=false", *TINY, "hydra.run.dir=run")
+                 "logger.mlflow.fail_on_error=false", *TINY, "hydra.run.dir=run", env_extra=OFFLINE)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"logger=mlflow cannot use the tracking URI {uri}" in result.stdout
     assert read_json(tmp_path / "run" / "summary.json")["status"] == "completed"
@@ -269,10 +271,10 @@ def test_an_unreachable_tracking_uri_only_warns_with_fail_on_error_false(cli, tm
 def test_a_resumed_run_continues_the_same_wandb_run(cli, tmp_path):
     run_dir = tmp_path / "run"
     first = cli("trainer", "logger=wandb", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}",
-                env_extra=NO_WANDB_ACCOUNT)
+                env_extra=OFFLINE)
     assert first.returncode == 0, first.stdout + first.stderr
     run_id = read_json(run_dir / "tracking.json")["wandb"]["id"]
-    resumed = cli("trainer", f"resume={run_dir}", "trainer.max_epochs=2", env_extra=NO_WANDB_ACCOUNT)
+    resumed = cli("trainer", f"resume={run_dir}", "trainer.max_epochs=2", env_extra=OFFLINE)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert read_json(run_dir / "tracking.json")["wandb"]["id"] == run_id
     folders = offline_runs(run_dir, run_id)  # offline, a continuation is a second folder of the same run id
@@ -299,13 +301,12 @@ def test_a_tracking_server_lost_mid_run_costs_the_run_nothing(tmp_path):
     import time
     import urllib.request
 
-    from conftest import REPO
-
     port, database = free_port(), tmp_path / "server.db"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{database}", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1", "--artifacts-destination", str(tmp_path / "served")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=tmp_path, env=dict(cli_env(), **OFFLINE), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     trainer = None
     try:
         deadline = time.monotonic() + 180
@@ -316,7 +317,7 @@ def test_a_tracking_server_lost_mid_run_costs_the_run_nothing(tmp_path):
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
                 time.sleep(0.5)
-        env = dict(cli_env(), MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+        env = dict(cli_env(), **OFFLINE, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
         run_dir = tmp_path / "run"
         trainer = subprocess.Popen(
             [sys.executable, "-m", "trainer", "logger=mlflow", f"logger.mlflow.tracking_uri=http://127.0.0.1:{port}",

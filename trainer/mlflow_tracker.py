@@ -76,7 +76,14 @@ class MlflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = (self.stored or {}).get("experiment_id") or self._experiment(self.settings.experiment_name)
+        stored_id, found = (self.stored or {}).get("experiment_id"), None
+        if stored_id is not None:  # a resumed run: its own experiment, if the store still has it
+            try:
+                found = self.client.get_experiment(stored_id)
+            except Exception:
+                found = None  # gone, or the store is unreachable: the lookup by name below says which
+        active = found is not None and found.lifecycle_stage == "active"
+        self.experiment_id = found.experiment_id if active else self._experiment(self.settings.experiment_name)
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)

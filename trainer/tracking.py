@@ -23,6 +23,7 @@ STATE_FILE = "tracking.json"  # {"mlflow": {"tracking_uri", "experiment_id", "ru
 RUN_FILES = ("curves.png", "summary.json", "metrics.csv", "per_class.csv", "per_class.json",
              "confusion_matrix.csv", "confusion_matrix.png")
 CHECKPOINT = os.path.join("checkpoints", "best.ckpt")
+TAG_LENGTH = 8000  # MLflow's limit on a tag's value
 PIP_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # import name -> the extra of pyproject.toml
 
 
@@ -103,12 +104,12 @@ def record_step(record: Dict[str, Any]) -> int:
 
 def override_tags(overrides: List[str]) -> Dict[str, str]:
     """`overrides`: the command line's overrides as given; `override.<key>`: each one's value (keys a tag may have)."""
-    tags = {"overrides": " ".join(overrides)}
+    tags = {"overrides": " ".join(overrides)[:TAG_LENGTH]}
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
         if re.fullmatch(r"[\w\-./ ]+", key):
-            tags[f"override.{key}"] = value
+            tags[f"override.{key}"] = value[:TAG_LENGTH]
     return tags
 
 

@@ -70,15 +70,22 @@ class WandbTracker(Tracker):
             self.run = self._init(self.mode)
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"
-            if self.mode != "online":
-                raise UserError(f"logger=wandb could not start its {self.mode} run in {self.context.run_dir} ({reason})") from error
             if self.settings.fail_on_error:
-                raise UserError(f"logger=wandb could not start an online run ({reason}); check the API key and the "
-                                "network, set logger.wandb.mode=offline, or logger.wandb.fail_on_error=false to "
-                                "go on offline") from error
+                hint = ("check the API key and the network, set logger.wandb.mode=offline, or "
+                        if self.mode == "online" else "")
+                raise UserError(f"logger=wandb could not start its {self.mode} run in {self.context.run_dir} ({reason}); "
+                                f"{hint}set logger.wandb.fail_on_error=false to train on without it") from error
+            if self.mode != "online":
+                log.warning(f"W&B: the {self.mode} run could not start ({reason}); training goes on without W&B")
+                return
             log.warning(f"W&B: the online run could not start ({reason}); logging offline instead")
             self.mode = "offline"
-            self.run = self._init("offline")
+            try:
+                self.run = self._init("offline")
+            except Exception as again:
+                log.warning(f"W&B: the offline run could not start either ({type(again).__name__}: {again}); "
+                            "training goes on without W&B")
+                return
         write_state(self.context.run_dir, "wandb", {"id": self.run.id, "project": self.settings.project,
                                                     "entity": self.settings.entity})
         where = os.path.dirname(os.path.abspath(self.run.dir))  # <run dir>/wandb/<offline-run-...>/files -> its folder
