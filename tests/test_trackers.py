@@ -39,10 +39,11 @@ def history(client, run_id: str, key: str) -> list:
 
 
 def csv_columns(run_dir: Path) -> dict:
-    """metrics.csv as key -> [(epoch, value)], for every column but the epoch."""
+    """metrics.csv as key -> [(step, value)] for every number: step = the row's optimizer step where metrics.csv
+    has one (a `step` column), else its epoch."""
     rows = read_csv(run_dir / "metrics.csv")
-    return {key: [(int(row["epoch"]), float(row[key]) if row[key] != "" else math.nan) for row in rows]
-            for key in rows[0] if key != "epoch"}
+    return {key: [(int(row.get("step") or row["epoch"]), float(row[key]) if row[key] != "" else math.nan) for row in rows]
+            for key in rows[0] if key not in ("epoch", "step")}
 
 
 def assert_history_is_metrics_csv(client, run_id: str, run_dir: Path) -> None:
@@ -161,8 +162,8 @@ def offline_runs(run_dir: Path, run_id: str) -> list:
 def assert_wandb_history_is_metrics_csv(rows: list, run_dir: Path) -> None:
     columns = csv_columns(run_dir)
     for key, expected in columns.items():
-        logged = [(row["epoch"], row[key]) for row in rows if key in row]
-        assert [epoch for epoch, _ in logged] == [epoch for epoch, _ in expected], key
+        logged = [(row.get("step", row["epoch"]), row[key]) for row in rows if key in row and "step/" not in key]
+        assert [step for step, _ in logged] == [step for step, _ in expected], key
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-12, nan_ok=True), key
 
 
@@ -234,7 +235,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(cli, tmp_path):
     run = only_run(client)  # still one run
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert_history_is_metrics_csv(client, run_id, run_dir)
-    assert [step for step, _ in history(client, run_id, "val/f1")] == [1, 2]
+    assert len(history(client, run_id, "val/f1")) == 2
     assert run.data.params["trainer.max_epochs"] == "1"  # a param never changes in MLflow
     assert run.data.tags["resumed.trainer.max_epochs"] == "2" and run.data.tags["resumed.at_epoch"] == "1"
 
@@ -345,3 +346,66 @@ def test_a_tracking_server_lost_mid_run_costs_the_run_nothing(tmp_path):
     logged = history(client, run.info.run_id, "val/loss")
     expected = csv_columns(run_dir)["val/loss"][:len(logged)]
     assert 1 <= len(logged) < 4 and logged == expected
+
+
+@pytest.mark.slow
+def test_per_step_numbers_go_to_mlflow_at_their_optimizer_step(tmp_path, monkeypatch):
+    """on_train_steps (the per-step train loss, lr and gradient norm, where the run logs them) and records that
+    carry their optimizer step: MLflow gets them at that step, the per-step ones as step/<name>."""
+    from types import SimpleNamespace
+
+    from trainer.mlflow_tracker import MlflowTracker
+    from trainer.tracking import RunContext
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = f"sqlite:///{tmp_path / 'steps.db'}"
+    cfg = compose_train("logger=mlflow", f"logger.mlflow.tracking_uri={uri}")
+    context = RunContext(str(tmp_path), str(tmp_path), ["logger=mlflow"], None, None, False)
+    tracker = MlflowTracker(cfg.logger.mlflow, cfg, context)
+    engine = SimpleNamespace(history=[], epoch=0, monitor="val/f1")
+    tracker.on_fit_start(engine, 4, 1)
+    rows = [{"step": step, "epoch": 1, "train/loss": 1.0 / step, "lr": 0.01, "grad_norm": 2.0 * step} for step in (2, 4)]
+    tracker.on_train_steps(engine, rows)
+    tracker.on_epoch_end(engine, {"epoch": 1, "step": 4, "lr": 0.01, "val/f1": 0.5, "seconds": 1.0}, True)
+    tracker.on_fit_end(engine, {"status": "completed", "best_epoch": 1, "best_value": 0.5})
+    tracker.on_run_end(engine)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run_id = read_json(tmp_path / "tracking.json")["mlflow"]["run_id"]
+    assert history(client, run_id, "step/train_loss") == [(2, 0.5), (4, 0.25)]
+    assert history(client, run_id, "step/grad_norm") == [(2, 4.0), (4, 8.0)]
+    assert history(client, run_id, "step/lr") == [(2, 0.01), (4, 0.01)]
+    assert history(client, run_id, "val/f1") == [(4, 0.5)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_per_step_numbers_go_to_wandb_over_the_optimizer_step(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from trainer.tracking import RunContext
+    from trainer.wandb_tracker import WandbTracker
+
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose_train("logger=wandb")
+    context = RunContext(str(tmp_path), str(tmp_path), ["logger=wandb"], None, None, False)
+    tracker = WandbTracker(cfg.logger.wandb, cfg, context)
+    engine = SimpleNamespace(history=[], epoch=0, monitor="val/f1")
+    tracker.on_fit_start(engine, 4, 1)
+    tracker.on_train_steps(engine, [{"step": step, "epoch": 1, "train/loss": 1.0 / step, "lr": 0.01, "grad_norm": 2.0 * step}
+                                    for step in (2, 4)])
+    tracker.on_epoch_end(engine, {"epoch": 1, "step": 4, "lr": 0.01, "val/f1": 0.5, "seconds": 1.0}, True)
+    tracker.on_fit_end(engine, {"status": "completed", "best_epoch": 1, "best_value": 0.5})
+    tracker.on_run_end(engine)
+    import wandb
+
+    wandb.teardown()  # W&B's service writes the file: stopped, it has written all (a process's exit does the same)
+    run_id = read_json(tmp_path / "tracking.json")["wandb"]["id"]
+    (folder,) = offline_runs(tmp_path, run_id)
+    rows = wandb_history(folder / f"run-{run_id}.wandb")
+    assert [(row["step"], row["step/train_loss"], row["step/grad_norm"]) for row in rows if "step/train_loss" in row] == [
+        (2, 0.5, 4.0), (4, 0.25, 8.0)], rows
+    assert [(row["step"], row["epoch"], row["val/f1"]) for row in rows if "val/f1" in row] == [(4, 1, 0.5)]

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from trainer.errors import UserError
 from trainer.tracking import (RunContext, Tracker, flat_params, numbers, override_tags, read_state, record_step, require,
-                              run_files, unreachable, write_state)
+                              run_files, step_numbers, unreachable, write_state)
 
 log = logging.getLogger("trainer")
 # MLflow's limits per log_batch request, and on a param's value
@@ -155,6 +155,12 @@ class MlflowTracker(Tracker):
     # --- during the run ------------------------------------------------------------------------
     def on_epoch_end(self, engine, record, improved) -> None:
         self._guarded(f"logging epoch {record.get('epoch')}", lambda: self._log_records([record]))
+
+    def on_train_steps(self, engine, rows) -> None:
+        """Per-step numbers (where the run logs them), at step = their optimizer step."""
+        if rows:
+            steps = [{"step": row["step"], **step_numbers(row)} for row in rows]
+            self._guarded(f"logging steps {rows[0]['step']}-{rows[-1]['step']}", lambda: self._log_records(steps))
 
     def on_fit_end(self, engine, summary) -> None:
         self.summary = summary

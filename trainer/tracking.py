@@ -34,6 +34,7 @@ class Tracker:
     def on_epoch_start(self, engine, epoch: int) -> None: ...
     def on_batch_end(self, engine, stage: str) -> None: ...
     def on_epoch_end(self, engine, record: Dict[str, float], improved: bool) -> None: ...
+    def on_train_steps(self, engine, rows: List[Dict[str, float]]) -> None: ...
     def on_fit_end(self, engine, summary: Dict[str, Any]) -> None: ...
     def on_run_end(self, engine) -> None: ...
 
@@ -96,10 +97,16 @@ def numbers(record: Dict[str, Any]) -> Dict[str, float]:
             if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
+def step_numbers(row: Dict[str, Any]) -> Dict[str, float]:
+    """A per-step row's numbers (train/loss, lr, grad_norm of one optimizer step) under the names TensorBoard gives
+    them: step/train_loss, step/lr, step/grad_norm (apart from the validations' train/loss and lr)."""
+    return {"step/" + key.replace("/", "_"): value for key, value in numbers(row).items()}
+
+
 def record_step(record: Dict[str, Any]) -> int:
     """The step a record is logged at: its optimizer step when it carries one (a validation inside an epoch),
     else its epoch."""
-    return int(record.get("step", record["epoch"]))
+    return int(record["step"] if "step" in record else record["epoch"])
 
 
 def override_tags(overrides: List[str]) -> Dict[str, str]:

@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional
 from urllib.parse import urlsplit
 
 from trainer.errors import UserError
-from trainer.tracking import RunContext, Tracker, numbers, read_state, require, run_files, unreachable, write_state
+from trainer.tracking import (RunContext, Tracker, numbers, read_state, require, run_files, step_numbers, unreachable,
+                              write_state)
 
 log = logging.getLogger("trainer")
 MODES = ("online", "offline", "disabled")
@@ -64,6 +65,7 @@ class WandbTracker(Tracker):
         self.run = None
         self.broken: Optional[str] = None
         self.summary: Optional[Dict[str, Any]] = None
+        self.x_axis: Optional[str] = None  # what W&B draws the numbers over (not its own step counter)
 
     def on_fit_start(self, engine, train_batches, val_batches) -> None:
         try:
@@ -107,14 +109,26 @@ class WandbTracker(Tracker):
             reinit="finish_previous",  # a sweep's jobs run in one process: one W&B run each
             settings=wandb.Settings(console="off", quiet=True),  # the trainer's own log and progress bar stay as they are
         )
-        run.define_metric("*", step_metric="epoch")  # charts over epochs, whatever W&B's own step counter says
         return run
 
     def on_epoch_end(self, engine, record, improved) -> None:
         values = {"epoch": record["epoch"], **numbers(record)}
         if "step" in record:
             values["step"] = record["step"]
-        self._guarded(f"logging epoch {record['epoch']}", lambda: self.run.log(values))
+        self._guarded(f"logging epoch {record['epoch']}", lambda: self._log([values]))
+
+    def on_train_steps(self, engine, rows) -> None:
+        """Per-step numbers (where the run logs them) as step/train_loss, step/lr, ... with their step and epoch."""
+        values = [{"step": row["step"], "epoch": row["epoch"], **step_numbers(row)} for row in rows]
+        if values:
+            self._guarded("logging optimizer steps", lambda: self._log(values))
+
+    def _log(self, rows) -> None:
+        if not self.x_axis:  # the optimizer step where the run's numbers carry it, else the epoch
+            self.x_axis = "step" if "step" in rows[0] else "epoch"
+            self.run.define_metric("*", step_metric=self.x_axis)
+        for values in rows:
+            self.run.log(values)
 
     def on_fit_end(self, engine, summary) -> None:
         self.summary = summary
