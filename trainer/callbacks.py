@@ -204,14 +204,13 @@ def run_callbacks(cfg, run_dir: str) -> List[Callback]:
     """The observers of a training run, chosen by the config."""
     from trainer.errors import UserError
     from trainer.plots import CURVES_PNG
+    from trainer.tracking import logger_settings
 
     callbacks: List[Callback] = [
         EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv")), CurvesPlot(os.path.join(run_dir, CURVES_PNG))
     ]
     if progress_wanted(cfg.progress):
         callbacks.append(RichProgress())
-    from trainer.tracking import logger_settings, tracker_callbacks
-
     chosen = logger_settings(cfg)
     # trackers first: one that cannot start stops the run before the other callbacks have begun
     trackers, others = tracker_callbacks(cfg, chosen, run_dir)
@@ -221,3 +220,21 @@ def run_callbacks(cfg, run_dir: str) -> List[Callback]:
                             "(several at once: logger=[tensorboard,mlflow])")
         callbacks.append(TensorBoardWriter(os.path.join(run_dir, chosen[name]["log_dir"])))
     return trackers + callbacks
+
+
+def tracker_callbacks(cfg, chosen: Dict[str, Any], run_dir: str):
+    """The experiment trackers among the chosen loggers (trainer/tracking.py), and the other loggers' names."""
+    trackers: List[Any] = []
+    if {"mlflow", "wandb"} & set(chosen):
+        from trainer.tracking import run_context
+
+        context = run_context(cfg, run_dir)
+        if "mlflow" in chosen:
+            from trainer.mlflow_tracker import MlflowTracker
+
+            trackers.append(MlflowTracker(chosen["mlflow"], cfg, context))
+        if "wandb" in chosen:
+            from trainer.wandb_tracker import WandbTracker
+
+            trackers.append(WandbTracker(chosen["wandb"], cfg, context))
+    return trackers, [name for name in chosen if name not in ("mlflow", "wandb")]

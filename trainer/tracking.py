@@ -3,7 +3,8 @@
 A tracker is a callback (trainer/callbacks.py) that mirrors a run into an outside service. The run's own
 files stay the record: a tracker that fails during training warns once and falls silent, it never ends
 the run. The tracker runs' ids are kept in <run dir>/tracking.json, so `resume=` continues the same runs.
-MLflow and W&B are optional extras: they are imported only by the tracker that needs them.
+MLflow and W&B are optional extras: they are imported only by the tracker that needs them. (The trackers
+import this module; callbacks.run_callbacks imports them: no module here imports a tracker.)
 """
 
 import json
@@ -12,7 +13,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
 from trainer.errors import UserError
@@ -184,18 +185,3 @@ def logger_settings(cfg) -> Dict[str, Any]:
         name = logger.name
         return {} if name == "none" else {name: {key: value for key, value in logger.items() if key != "name"}}
     return dict(logger.items())
-
-
-def tracker_callbacks(cfg, chosen: Dict[str, Any], run_dir: str) -> Tuple[list, List[str]]:
-    """The tracker callbacks among the chosen loggers, and the names of the loggers that are not trackers."""
-    context = run_context(cfg, run_dir)
-    trackers = []
-    if "mlflow" in chosen:
-        from trainer.mlflow_tracker import MlflowTracker
-
-        trackers.append(MlflowTracker(chosen["mlflow"], cfg, context))
-    if "wandb" in chosen:
-        from trainer.wandb_tracker import WandbTracker
-
-        trackers.append(WandbTracker(chosen["wandb"], cfg, context))
-    return trackers, [name for name in chosen if name not in ("mlflow", "wandb")]
