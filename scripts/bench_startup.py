@@ -3,7 +3,7 @@
     python scripts/bench_startup.py
 
 Start-up: `python -m trainer --help`, `--cfg job` and a tab-completion query (`trainer -sc query=bash`,
-as the shell asks it) must answer without importing torch, timm or scikit-learn; each is timed over
+as the shell asks it) must answer without importing torch, timm, scikit-learn, mlflow or wandb; each is timed over
 several runs (median), next to the time of importing those libraries.
 Memory: the maximum resident set size (getrusage) of `python -m trainer` on the default digits
 config and of `python -m trainer.evaluate` on its best checkpoint.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "timm", "sklearn")
+HEAVY = ("torch", "timm", "sklearn", "mlflow", "wandb")
 
 
 def env(**extra):

@@ -130,7 +130,7 @@ def test_start_up_answers_do_not_import_torch_timm_or_sklearn(tmp_path, args, co
         "import runpy, sys\n"
         f"sys.argv = {['trainer', *args]!r}\n"
         "try:\n    runpy.run_module('trainer', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        "print('HEAVY', sorted(m for m in ('torch', 'timm', 'sklearn') if m in sys.modules))\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'timm', 'sklearn', 'mlflow', 'wandb') if m in sys.modules))\n"
     )
     import subprocess
 

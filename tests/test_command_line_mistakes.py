@@ -37,7 +37,7 @@ def assert_one_line_refusal(result, *phrases):
     (["trainer.max_epochs=1", "+sed=1"], ["did you mean seed?"]),
     (["trainer.max_epochs=1", "+checkpoint.save_top=2"], ["did you mean checkpoint.save_top_k?"]),
     (["trainer.max_epochs=1", "+metric.name=[f1]"], ["did you mean metric.names?"]),
-    (["trainer.max_epochs=1", "logger=tensorboard", "+logger.logdir=tb"], ["did you mean logger.log_dir?"]),
+    (["trainer.max_epochs=1", "logger=tensorboard", "+logger.tensorboard.logdir=tb"], ["did you mean logger.tensorboard.log_dir?"]),
     (["trainer.max_epochs=1", "+loss.gama=1"], ["did you mean loss.gamma (a key of loss=focal)?"]),
     # the valid keys depend on the chosen options: those of the command line, and of task and experiment
     (["data=image_folder", "data.rot=x"], ["data.rot is not a config key", "did you mean data.root?"]),

@@ -81,7 +81,7 @@ def test_tensorboard_logger_writes_every_epoch_scalar(cli, tmp_path):
 
     run_dir = tmp_path / "run"
     result = cli("trainer", "logger=tensorboard", "trainer.max_epochs=2", "scheduler=step", "scheduler.step_size=1",
-                 "logger.log_every_n_steps=20", f"hydra.run.dir={run_dir}")
+                 "trainer.log_every_n_steps=20", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     events = EventAccumulator(str(run_dir / "tensorboard"))

@@ -1,5 +1,5 @@
 """Validation when it is wanted (trainer.val_every_n_epochs, val_check_interval, max_steps) and per-step scalars
-(logger.log_every_n_steps), each checked by what a real run writes: metrics.csv, metrics_steps.csv, summary.json."""
+(trainer.log_every_n_steps), each checked by what a real run writes: metrics.csv, metrics_steps.csv, summary.json."""
 
 import math
 import os
@@ -57,7 +57,7 @@ def test_val_check_interval_as_a_share_or_a_number_of_steps(value, steps):
     (["trainer.val_check_interval=often"], "trainer.val_check_interval=often is not valid; use a float in (0, 1]"),
     (["trainer.val_every_n_epochs=0"], "trainer.val_every_n_epochs=0 is not valid; use an integer >= 1"),
     (["trainer.max_steps=0"], "trainer.max_steps=0 is not valid; use an integer >= 1"),
-    (["logger.log_every_n_steps=-1"], "logger.log_every_n_steps=-1 is not valid"),
+    (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1 is not valid"),
     (["trainer.patience=0"], "use an integer >= 1 (validations without improvement)"),
 ])
 def test_bad_settings_are_refused_before_any_data_is_read(overrides, message):
@@ -80,7 +80,7 @@ def test_more_steps_than_an_epoch_has_and_a_warmup_past_max_steps_end_the_comman
 # --- real runs -------------------------------------------------------------------------------
 def test_validations_inside_epochs_every_n_epochs_and_max_steps(tmp_path):
     overrides = ["trainer.max_epochs=3", "trainer.val_every_n_epochs=2", "trainer.val_check_interval=2",
-                 "trainer.max_steps=16", "scheduler.interval=step", "logger.log_every_n_steps=3",
+                 "trainer.max_steps=16", "scheduler.interval=step", "trainer.log_every_n_steps=3",
                  "checkpoint.save_top_k=1"]
     run_dir, rows, summary = run(tmp_path, *overrides)
     # epoch 1 is not validated; epoch 2 after its steps 2 and 4 and at its end; epoch 3 (the last) after its
@@ -119,7 +119,7 @@ def test_early_stopping_and_plateau_count_validations_not_epochs(tmp_path):
     run_dir, rows, summary = run(
         tmp_path, "trainer.max_epochs=5", "trainer.val_check_interval=0.34", "monitor=val/loss", "mode=max",
         "trainer.min_delta=100", "trainer.patience=3", "scheduler=plateau", "scheduler.patience=0",
-        "scheduler.factor=0.5", "logger.log_every_n_steps=0")
+        "scheduler.factor=0.5", "trainer.log_every_n_steps=0")
     assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(1, 2), (1, 4), (1, 6), (2, 8)]
     assert summary["status"] == "stopped_early" and summary["epochs_run"] == 2 and summary["steps_run"] == 8
     assert "for 3 validations" in summary["reason"]
@@ -154,7 +154,7 @@ torch.save = save
 def test_resume_after_an_epoch_without_validation_matches_an_unbroken_run(tmp_path):
     """The train metrics of a record cover every step since the previous one, across a crash and resume."""
     overrides = ["trainer.deterministic=true", "trainer.max_epochs=4", "trainer.val_every_n_epochs=2",
-                 "trainer.val_check_interval=3", "monitor=val/loss", "trainer.min_delta=100", "logger.log_every_n_steps=5"]
+                 "trainer.val_check_interval=3", "monitor=val/loss", "trainer.min_delta=100", "trainer.log_every_n_steps=5"]
     reference_dir, reference, _ = run(tmp_path, *overrides, name="reference")
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -181,7 +181,7 @@ def test_resume_after_an_epoch_without_validation_matches_an_unbroken_run(tmp_pa
 def test_per_step_scalars_are_read_from_the_device_once_every_n_steps(monkeypatch, every, reads):
     """12 optimizer steps: the rows of steps N, 2N, ... are read in one transfer each, when the next one is kept
     (the last one waits for the epoch's end); nothing else in the loop reads a tensor back per step."""
-    cfg = compose_train("trainer.limit_train_batches=12", f"logger.log_every_n_steps={every}", "trainer.device=cpu")
+    cfg = compose_train("trainer.limit_train_batches=12", f"trainer.log_every_n_steps={every}", "trainer.device=cpu")
     delivered = []
 
     class Rows:

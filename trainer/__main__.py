@@ -83,6 +83,8 @@ def train(cfg: DictConfig) -> float:
                                    show=HydraConfig.get().mode != RunMode.MULTIRUN)
     finally:
         stop_workers(train_loader, val_loader)  # now, not during the interpreter's teardown
+        for callback in engine.callbacks:  # trackers upload the reports written above and close their runs
+            callback.on_run_end(engine)
     return summary["best_value"]
 
 

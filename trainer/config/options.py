@@ -9,6 +9,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from trainer.config.loggers import LOGGER_SCHEMAS
+
 
 # --- data -----------------------------------------------------------------------------------
 @dataclass
@@ -326,27 +328,5 @@ SCHEMAS = {
 }
 
 
-# --- logger: where per-epoch scalars go besides metrics.csv and curves.png -------------------
-@dataclass
-class LoggerBase:
-    # every N-th optimizer step's train loss, lr and gradient norm to metrics_steps.csv (and TensorBoard); 0 or null: off
-    log_every_n_steps: Optional[int] = 50
-
-
-@dataclass
-class NoLogger(LoggerBase):
-    """metrics.csv, curves.png and metrics_steps.csv (every logger.log_every_n_steps optimizer steps) only."""
-
-    name: str = "none"
-
-
-@dataclass
-class TensorBoardLogger(LoggerBase):
-    """Event files for `tensorboard --logdir <run or sweep dir>` (needs: pip install tensorboard): every validation's
-    numbers, and train loss, lr and gradient norm every logger.log_every_n_steps optimizer steps."""
-
-    name: str = "tensorboard"
-    log_dir: str = "tensorboard"  # relative to the run directory
-
-
-SCHEMAS["logger"] = {"none": NoLogger, "tensorboard": TensorBoardLogger}
+# --- logger: where a run's numbers go besides metrics.csv and curves.png (one key per option) ---
+SCHEMAS["logger"] = LOGGER_SCHEMAS

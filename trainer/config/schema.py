@@ -44,6 +44,9 @@ class TrainerSettings:
     val_every_n_epochs: int = 1  # validate after every N-th epoch (and always after the run's last)
     val_check_interval: Any = None  # also inside those epochs: float in (0, 1] = share of an epoch, int = optimizer steps
     max_steps: Optional[int] = None  # stop after this many optimizer steps (or at max_epochs, whichever comes first)
+    # every N-th optimizer step's train loss, lr and gradient norm to metrics_steps.csv (and TensorBoard, MLflow,
+    # W&B when chosen), read from the device once per N steps; 0 or null: off
+    log_every_n_steps: Optional[int] = 50
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Observers of the Engine: progress bar, per-epoch log line, metrics.csv, curves.png, TensorBoard.
+"""Observers of the Engine: progress bar, per-epoch log line, metrics.csv, curves.png, TensorBoard (and the
+experiment trackers of reporting/tracking.py).
 
 A callback only watches: it receives events and writes to the screen or to files, and it never
 changes the run. Their order does not matter. `on_epoch_end` comes once per validation (so once per
 epoch by default; more with trainer.val_check_interval, fewer with trainer.val_every_n_epochs): its
 record has the epoch and the optimizer step ("epoch", "step"). `on_train_steps` brings the per-step
-scalars (logger.log_every_n_steps) in batches, read from the device once per N steps.
+scalars (trainer.log_every_n_steps) in batches, read from the device once per N steps.
 """
 
 import csv
@@ -31,6 +32,8 @@ class Callback:
     def on_epoch_end(self, engine, record: Dict[str, float], improved: bool) -> None: ...
     def on_train_steps(self, engine, rows: List[Dict[str, float]]) -> None: ...
     def on_fit_end(self, engine, summary: Dict[str, Any]) -> None: ...
+    # the run is over, its end-of-run reports written (or it failed): called by `python -m trainer` once fit began
+    def on_run_end(self, engine) -> None: ...
 
 
 class EpochLog(Callback):
@@ -95,7 +98,7 @@ class CsvWriter(Callback):
 
 class StepCsvWriter(Callback):
     """metrics_steps.csv: step, epoch, train/loss, lr, grad_norm of every N-th optimizer step
-    (logger.log_every_n_steps). The loss is that step's own (its accumulation window's), not an average;
+    (trainer.log_every_n_steps). The loss is that step's own (its accumulation window's), not an average;
     the lr is the one that step used; grad_norm is the gradient's total 2-norm before any clipping.
     A resumed run keeps the rows of the steps its checkpoint had taken and redoes the rest."""
 
@@ -246,16 +249,39 @@ def progress_wanted(enabled: bool) -> bool:
 
 def run_callbacks(cfg, run_dir: str) -> List[Callback]:
     """The observers of a training run, chosen by the config."""
+    from trainer.reporting.tracking import logger_settings  # no tracker's library yet: imported when chosen
 
     callbacks: List[Callback] = [
         EpochLog(), CsvWriter(os.path.join(run_dir, "metrics.csv")), CurvesPlot(os.path.join(run_dir, plots.CURVES_PNG))
     ]
-    if cfg.logger.get("log_every_n_steps"):
+    if cfg.trainer.log_every_n_steps:
         callbacks.append(StepCsvWriter(os.path.join(run_dir, STEPS_CSV)))
     if progress_wanted(cfg.progress):
         callbacks.append(RichProgress())
-    if cfg.logger.name == "tensorboard":
-        callbacks.append(TensorBoardWriter(os.path.join(run_dir, cfg.logger.log_dir)))
-    elif cfg.logger.name != "none":
-        raise UserError(f"unknown logger '{cfg.logger.name}'; choose one of: none, tensorboard")
-    return callbacks
+    chosen = logger_settings(cfg)
+    # trackers first: one that cannot start stops the run before the other callbacks have begun
+    trackers, others = tracker_callbacks(cfg, chosen, run_dir)
+    for name in others:
+        if name != "tensorboard":
+            raise UserError(f"unknown logger '{name}'; choose any of: none, tensorboard, mlflow, wandb "
+                            "(several at once: logger=[tensorboard,mlflow])")
+        callbacks.append(TensorBoardWriter(os.path.join(run_dir, chosen[name]["log_dir"])))
+    return trackers + callbacks
+
+
+def tracker_callbacks(cfg, chosen: Dict[str, Any], run_dir: str):
+    """The experiment trackers among the chosen loggers (reporting/tracking.py), and the other loggers' names."""
+    trackers: List[Any] = []
+    if {"mlflow", "wandb"} & set(chosen):
+        from trainer.reporting.tracking import run_context
+
+        context = run_context(cfg, run_dir)
+        if "mlflow" in chosen:
+            from trainer.reporting.mlflow_tracker import MlflowTracker
+
+            trackers.append(MlflowTracker(chosen["mlflow"], cfg, context))
+        if "wandb" in chosen:
+            from trainer.reporting.wandb_tracker import WandbTracker
+
+            trackers.append(WandbTracker(chosen["wandb"], cfg, context))
+    return trackers, [name for name in chosen if name not in ("mlflow", "wandb")]

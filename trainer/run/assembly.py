@@ -107,7 +107,7 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
         val_every_n_epochs=t.val_every_n_epochs,
         val_check_interval=t.val_check_interval,
         max_steps=t.max_steps,
-        log_every_n_steps=cfg.logger.get("log_every_n_steps"),
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
     )
 
 

@@ -52,9 +52,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.patience={t.patience} is not valid; use an integer >= 1 (validations without "
                         "improvement), or null for no early stopping")
     check_validation_settings(t)
-    every = cfg.logger.get("log_every_n_steps")
+    every = t.log_every_n_steps
     if every is not None and every < 0:
-        raise UserError(f"logger.log_every_n_steps={every} is not valid; use an integer >= 1 (optimizer steps), "
+        raise UserError(f"trainer.log_every_n_steps={every} is not valid; use an integer >= 1 (optimizer steps), "
                         "or 0 or null for no per-step scalars")
     for key in ("grad_clip_norm", "grad_clip_value"):
         if t[key] is not None and t[key] <= 0:

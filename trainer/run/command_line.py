@@ -98,6 +98,8 @@ def _choices_of(override, conf_dir: str) -> Optional[Set[str]]:
             return set(override.sweep_string_iterator())
         except Exception:
             return None
+    if isinstance(value, list):  # logger=[tensorboard,mlflow]: one run composes them all
+        return {tuple(str(option) for option in value)}
     return {override.get_value_element_as_str()}
 
 
@@ -130,7 +132,8 @@ def chosen_options(overrides: list, conf_dir: str) -> Dict[str, Optional[Set[str
 
 def option_keys(conf_dir: str, group: str, option: str) -> Optional[Set[str]]:
     """The keys of one option: its schema's fields and its YAML's own keys; None for an option that is
-    not a YAML file of conf/ (a --config-dir of the user's may add it: Hydra checks it then)."""
+    not a YAML file of conf/ (a --config-dir of the user's may add it: Hydra checks it then). A schema
+    placed under a key of its own (`/logger_mlflow_schema@mlflow`) gives `mlflow` and `mlflow.<field>`."""
     import dataclasses
 
     path = os.path.join(conf_dir, group, f"{option}.yaml")
@@ -140,9 +143,11 @@ def option_keys(conf_dir: str, group: str, option: str) -> Optional[Set[str]]:
     keys = set(content) - {"defaults"}
     schemas = {f"{group}_{name}_schema": schema for name, schema in SCHEMAS.get(group, {}).items()}
     for entry in content.get("defaults", []):
-        schema = schemas.get(str(entry).lstrip("/").split("@")[0]) if isinstance(entry, str) else None
+        name, _, package = str(entry).lstrip("/").partition("@")
+        schema = schemas.get(name) if isinstance(entry, str) else None
         if schema is not None:
-            keys |= {f.name for f in dataclasses.fields(schema)}
+            prefix = "" if package in ("", "_here_") else package + "."
+            keys |= {prefix + f.name for f in dataclasses.fields(schema)} | ({package} if prefix else set())
     return keys
 
 
@@ -169,7 +174,7 @@ def unknown_keys_problem(argv: List[str], conf_dir: str, extra_top_level: Iterab
     for group in SCHEMAS:
         every = {option: option_keys(conf_dir, group, option) for option in _group_options(conf_dir, group)}
         chosen = choices.get(group)
-        picked = [every.get(option) for option in (every if chosen is None else sorted(chosen))]
+        picked = [_keys_of(every, option) for option in (every if chosen is None else chosen)]
         if any(option is None for option in picked):
             continue  # an option from outside conf/ (--config-dir): Hydra checks its keys
         # a sweep over options (loss=ce,focal): each job must have the key; a search space: any may pick it
@@ -184,12 +189,13 @@ def unknown_keys_problem(argv: List[str], conf_dir: str, extra_top_level: Iterab
         heading = parts[0]
         if len(parts) == 1 and heading in top:
             continue
-        if len(parts) > 1 and (heading in under and parts[1] in under[heading] or heading in top and heading not in under):
+        inner = _inner_key(parts, anywhere.get(heading, {}))  # mlflow.tracking_uri of logger.mlflow.tracking_uri
+        if len(parts) > 1 and (heading in under and inner in under[heading] or heading in top and heading not in under):
             continue  # deeper keys are inside a value (a list, class fractions); under a plain value Hydra says why
-        key = ".".join(parts[:2])
-        holders = anywhere.get(heading, {}).get(parts[-1] if len(parts) == 2 else "")
+        key = f"{heading}.{inner}" if inner else heading
+        holders = anywhere.get(heading, {}).get(inner if len(parts) == len(inner.split(".")) + 1 else "")
         if holders:
-            chosen = ",".join(sorted(choices.get(heading) or ()))
+            chosen = ",".join(sorted(_option_text(option) for option in choices.get(heading) or ()))
             problems.append(f"{key} is not a key of {heading}={chosen} (only of "
                             f"{', '.join(f'{heading}={option}' for option in holders)}); choose that option or leave the key out")
         else:
@@ -198,6 +204,24 @@ def unknown_keys_problem(argv: List[str], conf_dir: str, extra_top_level: Iterab
         return None
     adding = any(o.is_add() or o.is_force_add() for o in keys)
     return "; ".join(problems) + (" (+ and ++ cannot add keys to the trainer's config: nothing would read them)" if adding else "")
+
+
+def _keys_of(every: Dict[str, Optional[Set[str]]], option) -> Optional[Set[str]]:
+    """The keys of an option, or of several composed at once (a tuple: logger=[tensorboard,mlflow])."""
+    found = [every.get(name) for name in (option if isinstance(option, tuple) else (option,))]
+    return None if any(keys is None for keys in found) else set().union(*found)
+
+
+def _option_text(option) -> str:
+    return f"[{','.join(option)}]" if isinstance(option, tuple) else option
+
+
+def _inner_key(parts: List[str], keys: Iterable[str]) -> str:
+    """The key within a group: one level (loss.gamma), or two under an option that keeps its settings under
+    a key of its own (logger.mlflow.tracking_uri)."""
+    if len(parts) > 2 and any(key.startswith(parts[1] + ".") for key in keys):
+        return ".".join(parts[1:3])
+    return parts[1] if len(parts) > 1 else ""
 
 
 def _closest_hint(parts: List[str], top: Set[str], under: Dict[str, Set[str]], anywhere: Dict[str, Dict[str, List[str]]]) -> str:
@@ -211,9 +235,13 @@ def _closest_hint(parts: List[str], top: Set[str], under: Dict[str, Set[str]], a
 
     heading, leaf = parts[0], parts[-1]
     if len(parts) > 1 and heading in under:
-        near = closest(leaf, under[heading])
+        near = closest(".".join(parts[1:]), under[heading]) or closest(leaf, under[heading])
         if near:
             return f"did you mean {heading}.{near}?"
+        by_leaf = {key.rsplit(".", 1)[-1]: key for key in sorted(under[heading], reverse=True) if "." in key}
+        near = closest(leaf, by_leaf)  # logger.logdir -> logger.tensorboard.log_dir
+        if near:
+            return f"did you mean {heading}.{by_leaf[near]}?"
         near = closest(leaf, anywhere.get(heading, {}))
         if near:
             options = ", ".join(f"{heading}={option}" for option in anywhere[heading][near])
