@@ -1,6 +1,6 @@
 """The Engine: the one place where the train loop lives.
 
-    fit:          for each epoch: train_epoch, validate, pick best, step the schedule, save, stop early?
+    fit:          for each epoch: train_epoch, validate, pick best, step the schedule, save, stop (early, or on a stop condition)?
     train_epoch:  model.train(); micro-batches with exact gradient accumulation; no host sync per step
     validate:     model.eval() under torch.inference_mode(); loss and metrics from the whole epoch
 
@@ -79,6 +79,7 @@ class Engine:
         run_info: Optional[Dict[str, Any]] = None,
         callbacks: Sequence[Any] = (),
         place: Optional[Place] = None,
+        stop_conditions: Sequence[Any] = (),
     ):
         self.loop = loop or LoopSettings()
         self.place = place or Place()
@@ -99,6 +100,8 @@ class Engine:
         self.files = RunFiles(run_dir, self.loop.save_top_k, self.loop.save_checkpoints)
         self.run_info = dict(run_info or {})
         self.callbacks = list(callbacks)
+        self.stop_conditions = list(stop_conditions)  # (engine, record) -> None, or (status, reason): the run ends
+        self.stop_reason: Optional[str] = None
         self.non_blocking = device.type == "cuda"
         self.memory_format = torch.channels_last if self.loop.channels_last else torch.contiguous_format
         dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.loop.precision]
@@ -179,6 +182,10 @@ class Engine:
                 self._notify("on_epoch_end", record, improved)
                 if self.loop.patience is not None and self.bad_epochs >= self.loop.patience:
                     status = "stopped_early"
+                    break
+                stop = next(filter(None, (condition(self, record) for condition in self.stop_conditions)), None)
+                if stop is not None:
+                    status, self.stop_reason = stop
                     break
         except KeyboardInterrupt:
             status = "interrupted"
@@ -375,6 +382,8 @@ class Engine:
             summary["reason"] = (
                 f"{self.loop.monitor} did not improve by more than {self.loop.min_delta} for {self.loop.patience} epochs"
             )
+        elif self.stop_reason is not None:
+            summary["reason"] = self.stop_reason
         if error is not None:
             summary["error"] = error
         return summary
