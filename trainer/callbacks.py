@@ -43,7 +43,8 @@ class EpochLog(Callback):
 
     def on_fit_end(self, engine, summary) -> None:
         best = "none" if summary["best_value"] is None else format_value(summary["best_value"])
-        log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}")
+        reason = f" ({summary['reason']})" if summary.get("reason") else ""  # why it stopped early, or was pruned
+        log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}{reason}")
 
 
 class CsvWriter(Callback):

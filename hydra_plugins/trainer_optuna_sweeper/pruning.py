@@ -43,7 +43,12 @@ def make_pruner(name: str, median: Any, hyperband: Any):
                 n_startup_trials=median.n_startup_trials, n_warmup_steps=median.n_warmup_steps,
                 interval_steps=median.interval_steps, n_min_trials=median.n_min_trials,
             )
-        if name == "hyperband":
+        if name == "hyperband":  # Optuna checks these only when it first prunes (a ZeroDivisionError, mid-search)
+            if hyperband.min_resource < 1 or hyperband.reduction_factor < 2:
+                raise ValueError(f"min_resource={hyperband.min_resource} and reduction_factor={hyperband.reduction_factor} "
+                                 "must be integers >= 1 and >= 2")
+            if hyperband.max_resource is not None and hyperband.max_resource < hyperband.min_resource:
+                raise ValueError(f"max_resource={hyperband.max_resource} is below min_resource={hyperband.min_resource}")
             max_resource = "auto" if hyperband.max_resource is None else hyperband.max_resource
             return optuna.pruners.HyperbandPruner(
                 min_resource=hyperband.min_resource, max_resource=max_resource,
@@ -105,7 +110,7 @@ class TrialPruning:
             self.trial.set_user_attr(PRUNED_AT, step)  # before the job returns: the sweeper reads it
         except Exception as error:  # the storage went away (a lock, a lost database): train on, say so once
             self.broken = True
-            log.warning(f"warning: trial {self.trial.number} could not report to its study ({type(error).__name__}: "
+            log.warning(f"warning: trial {self.trial.number} could not report to its study or ask its pruner ({type(error).__name__}: "
                         f"{error}); this trial runs to its end without pruning")
             return None
         return "pruned", (f"Optuna's {self.pruner_name} pruner stopped trial {self.trial.number} at step {step} "

@@ -101,6 +101,8 @@ class TrainerOptunaSweeper(Sweeper):
         self.params = dict(params or {})
         self.pruner_name = check_pruner_name(pruner)
         self.median, self.hyperband = median, hyperband
+        if pruner != "none":  # a bad option of the pruner is named now, in Hydra's one message
+            make_pruner(pruner, median, hyperband)
         self.reported_nothing = False  # a pruned search whose jobs could not report (warned once)
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
@@ -128,7 +130,7 @@ class TrainerOptunaSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         storage = study_storage(self.storage, str(sweep_dir))
         direction = study_direction(self.direction, self.config)
-        pruner = make_pruner(self.pruner_name, self.median, self.hyperband)  # a bad option fails before any trial
+        pruner = make_pruner(self.pruner_name, self.median, self.hyperband)  # the jobs build their own (pruning.py)
         study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction, load_if_exists=True)
         study = optuna.load_study(study_name=self.study_name, storage=storage, sampler=self.make_sampler(len(study.trials)),
                                   pruner=pruner)
