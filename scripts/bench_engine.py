@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.config.registry import schema_defaults  # noqa: E402
-from trainer.engine.loop import Engine, LoopSettings  # noqa: E402
+from trainer.engine.loop import Engine  # noqa: E402
+from trainer.engine.settings import LoopSettings  # noqa: E402
 from trainer.optim.schedules import Schedule  # noqa: E402
 from trainer.parts.models import build_model  # noqa: E402
 from trainer.reporting.callbacks import EpochLog, RichProgress  # noqa: E402

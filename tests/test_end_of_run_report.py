@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import read_csv, read_json
 from trainer.checkpointing.checkpoint import save_checkpoint
-from trainer.engine.loop import Engine, LoopSettings
+from trainer.engine.loop import Engine
+from trainer.engine.settings import LoopSettings
 from trainer.optim.schedules import Schedule
 from trainer.run.end_of_run import report_best_checkpoint
 

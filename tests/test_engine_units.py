@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.data.batches import accumulation_scales, loader_batch_sizes
-from trainer.engine.loop import LoopSettings, Engine, is_better
+from trainer.engine.loop import Engine
+from trainer.engine.settings import LoopSettings, is_better
 from trainer.optim.schedules import Schedule
 import trainer.engine.loop as engine_module
 

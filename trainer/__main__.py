@@ -48,6 +48,12 @@ def train(cfg: DictConfig) -> float:
             "or choose a new hydra.run.dir"
         )
     engine, train_loader, val_loader = assembly.assemble(cfg, run_dir, run_callbacks(cfg, run_dir))
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a trial of a pruned Optuna search reports every validation
+        from hydra_plugins.trainer_optuna_sweeper.pruning import trial_pruning
+
+        pruning = trial_pruning(HydraConfig.get(), engine.place.world_size)
+        if pruning is not None:
+            engine.stop_conditions.append(pruning)
     if state is not None:
         engine.load_state_dict(state)
         log.info(f"resumed from epoch {engine.epoch} of {run_dir}")

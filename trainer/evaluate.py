@@ -32,7 +32,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
     from trainer.checkpointing.checkpoint import chosen_by_ema, load_model_state, read_checkpoint
-    from trainer.engine.loop import Engine, LoopSettings
+    from trainer.engine.loop import Engine
+    from trainer.engine.settings import LoopSettings
     from trainer.engine.run_files import write_json
     from trainer.evaluation.metrics import labels_and_probabilities
     from trainer.reporting.class_reports import print_reports, write_reports

@@ -5,12 +5,13 @@ it exists, so running the same command again with the same storage and study nam
 search: `n_trials` is the study's total, and only the missing trials run. Each trial's job
 directory is named by its trial number, so a continued search never writes into an earlier
 trial's directory. A job that fails (NaN or an error) is told to Optuna as a failed trial; a
-trial cut short by Ctrl-C is failed too but marked `interrupted`, and a rerun replaces it.
+trial cut short by Ctrl-C is failed too but marked `interrupted`, and a rerun replaces it. With
+`pruner=median|hyperband` a job reports each validation to its trial and stops when the pruner says
+so (pruning.py); such a trial is told to Optuna as PRUNED.
 """
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -22,6 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 
+from hydra_plugins.trainer_optuna_sweeper.pruning import PRUNED_AT, check_pruner_name, make_pruner, study_storage
 from hydra_plugins.trainer_optuna_sweeper.search_space import as_override, split_search_space
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,6 @@ def import_optuna():
             "hparams_search=optuna needs the optuna package: pip install optuna (or pip install 'trainer[optuna]')"
         ) from None
     return optuna
-
-
-def default_storage(sweep_dir: str) -> str:
-    return f"sqlite:///{os.path.abspath(os.path.join(sweep_dir, 'optuna.db'))}"
 
 
 def study_direction(direction: Optional[str], job_config: DictConfig) -> str:
@@ -88,6 +86,10 @@ class TrainerOptunaSweeper(Sweeper):
         sampler: str,
         seed: Optional[int],
         params: Optional[Dict[str, str]] = None,
+        pruner: str = "none",
+        median: Optional[DictConfig] = None,
+        hyperband: Optional[DictConfig] = None,
+        trial: Optional[int] = None,  # only in a job's config: its trial number
     ) -> None:
         if n_trials < 1 or n_jobs < 1:
             raise ValueError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be >= 1")
@@ -97,6 +99,11 @@ class TrainerOptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.direction, self.sampler_name, self.seed = direction, sampler, seed
         self.params = dict(params or {})
+        self.pruner_name = check_pruner_name(pruner)
+        self.median, self.hyperband = median, hyperband
+        if pruner != "none":  # a bad option of the pruner is named now, in Hydra's one message
+            make_pruner(pruner, median, hyperband)
+        self.reported_nothing = False  # a pruned search whose jobs could not report (warned once)
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher = None
@@ -121,17 +128,20 @@ class TrainerOptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        storage = self.storage or default_storage(str(sweep_dir))
+        storage = study_storage(self.storage, str(sweep_dir))
         direction = study_direction(self.direction, self.config)
+        pruner = make_pruner(self.pruner_name, self.median, self.hyperband)  # the jobs build their own (pruning.py)
         study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction, load_if_exists=True)
-        study = optuna.load_study(study_name=self.study_name, storage=storage, sampler=self.make_sampler(len(study.trials)))
+        study = optuna.load_study(study_name=self.study_name, storage=storage, sampler=self.make_sampler(len(study.trials)),
+                                  pruner=pruner)
         if study.direction.name.lower() != direction:
             raise ValueError(
                 f"study '{self.study_name}' in {storage} was created to {study.direction.name.lower()}, "
                 f"not {direction}; choose another hydra.sweeper.study_name or storage"
             )
         done = counted_trials(study)
-        log.info(f"Optuna study '{self.study_name}' ({direction}) in {storage}: {done} of {self.n_trials} trials done")
+        log.info(f"Optuna study '{self.study_name}' ({direction}) in {storage}: {done} of {self.n_trials} trials done"
+                 + ("" if self.pruner_name == "none" else f"; {self.pruner_name} pruner"))
         log.info(f"watch it with: optuna-dashboard {storage}")
 
         returns: List[Sequence[JobReturn]] = []
@@ -155,6 +165,8 @@ class TrainerOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         batch = [fixed + [as_override(key, value) for key, value in trial.params.items()] for trial in trials]
+        if self.pruner_name != "none":  # the job finds its trial by number (a Hydra override: not in overrides.yaml)
+            batch = [overrides + [f"hydra.sweeper.trial={trial.number}"] for overrides, trial in zip(batch, trials)]
         try:
             self.validate_batch_is_legal(batch)
             results: List[JobReturn] = []
@@ -172,11 +184,26 @@ class TrainerOptunaSweeper(Sweeper):
             raise
         for trial, result in zip(trials, results):
             value = objective_value(result)
+            stored = trial.storage.get_trial(trial._trial_id)  # as the job left it (Trial caches what it wrote itself)
             if value is None:
                 study.tell(trial, state=TrialState.FAIL)
+            elif PRUNED_AT in stored.user_attrs:  # the job stopped when the pruner said so (read from the storage)
+                study.tell(trial, state=TrialState.PRUNED)  # Optuna's value of a pruned trial: its last report
             else:
+                self.check_reported(trial.number, stored.intermediate_values)
                 study.tell(trial, value)
         return results
+
+    def check_reported(self, number: int, reported: dict) -> None:
+        """A pruned search whose job ran to its end without reporting could not reach the study: say so, once."""
+        if self.pruner_name == "none" or self.reported_nothing or reported:
+            return
+        self.reported_nothing = True
+        log.warning(
+            f"warning: trial {number} reported nothing to study '{self.study_name}', so no trial can be pruned: "
+            "its job could not reach the study's storage (see the job's log). A launcher that runs jobs on other "
+            "machines needs a storage they reach too (hydra.sweeper.storage: a database server, or a shared disk)"
+        )
 
     def report_best(self, study, storage: str, sweep_dir: Path, fixed: List[str]) -> None:
         """Log the best trial and write it to best_trial.yaml (its overrides reproduce it as a single run)."""

@@ -1,7 +1,7 @@
 """The Engine: the one place where the train loop lives.
 
     fit:          for each epoch: train it, pausing where the validation schedule says (validation_schedule.py);
-                  at each pause validate, pick best, step the schedule, save, stop early?
+                  at each pause validate, pick best, step the schedule, save, stop (early, or on a stop condition)?
     train_parts:  model.train(); micro-batches with exact gradient accumulation; no host sync per step
     validate:     model.eval() under torch.inference_mode(); loss and metrics from the whole validation set
 
@@ -10,8 +10,6 @@ in the order written below.
 """
 
 import contextlib
-import math
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -23,32 +21,12 @@ from trainer.engine import run_state
 from trainer.engine.distributed import all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.engine.place import Place
 from trainer.engine.run_files import RunFiles
+from trainer.engine.settings import LoopSettings, is_better
 from trainer.engine.step_scalars import StepScalars, window_loss
 from trainer.engine.step_totals import StepTotals
 from trainer.engine.validation_schedule import TrainSinceRecord, ValidationSchedule
 from trainer.errors import UserError
 from trainer.evaluation.metrics import epoch_metrics, epoch_regression_metrics
-
-
-@dataclass
-class LoopSettings:
-    max_epochs: int = 1
-    accumulate: int = 1
-    precision: str = "32"  # 32 | bf16 | fp16
-    grad_clip_norm: Optional[float] = None
-    grad_clip_value: Optional[float] = None
-    channels_last: bool = False
-    on_nonfinite: str = "stop"  # stop | skip
-    monitor: str = "val/loss"
-    mode: str = "min"
-    patience: Optional[int] = None  # validations without improvement
-    min_delta: float = 0.0
-    save_top_k: int = 0
-    save_checkpoints: bool = True
-    val_every_n_epochs: int = 1
-    val_check_interval: Any = None  # float: share of an epoch; int: optimizer steps; None: at epoch ends only
-    max_steps: Optional[int] = None
-    log_every_n_steps: Optional[int] = None  # per-step scalars (step_scalars.py); None or 0: off
 
 
 class NonFiniteLoss(UserError):
@@ -59,14 +37,6 @@ class NonFiniteLoss(UserError):
 # one host sync (one all-reduce under torchrun) per check, so a long epoch trains at most this many steps
 # on broken weights, and the loop stays free of a sync per step.
 NONFINITE_CHECK_STEPS = 50
-
-
-def is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
-    if not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
 class Engine:
@@ -87,6 +57,7 @@ class Engine:
         run_info: Optional[Dict[str, Any]] = None,
         callbacks: Sequence[Any] = (),
         place: Optional[Place] = None,
+        stop_conditions: Sequence[Any] = (),
     ):
         self.loop = loop or LoopSettings()
         self.place = place or Place()
@@ -107,6 +78,8 @@ class Engine:
         self.files = RunFiles(run_dir, self.loop.save_top_k, self.loop.save_checkpoints)
         self.run_info = dict(run_info or {})
         self.callbacks = list(callbacks)
+        self.stop_conditions = list(stop_conditions)  # (engine, record) -> None, or (status, reason): the run ends
+        self.stop_reason: Optional[str] = None
         self.non_blocking = device.type == "cuda"
         self.memory_format = torch.channels_last if self.loop.channels_last else torch.contiguous_format
         dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.loop.precision]
@@ -162,8 +135,9 @@ class Engine:
             if self.epoch == 0 and self.files.keeps_checkpoints:
                 self.files.save("last.ckpt", self.state_dict())  # an interruption in epoch 1 resumes from the start
             while not self.validations.run_over(self.epoch, self.optimizer_steps):
-                if self.run_epoch(train_loader, val_loader, self.epoch + 1):
-                    status = "stopped_early"
+                stopped = self.run_epoch(train_loader, val_loader, self.epoch + 1)
+                if stopped is not None:
+                    status = stopped
                     break
         except KeyboardInterrupt:
             status = "interrupted"
@@ -178,8 +152,9 @@ class Engine:
             self._notify("on_fit_end", summary)
         return summary
 
-    def run_epoch(self, train_loader, val_loader, epoch: int) -> bool:
-        """Train `epoch`, validating where the schedule says; True when early stopping ends the run."""
+    def run_epoch(self, train_loader, val_loader, epoch: int) -> Optional[str]:
+        """Train `epoch`, validating where the schedule says; the status when the run stops there (early stopping,
+        or a stop condition), else None."""
         self._notify("on_epoch_start", epoch)
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -194,13 +169,16 @@ class Engine:
                 self._end_epoch(epoch)
                 if self.files.keeps_checkpoints:
                     self.files.save("last.ckpt", self.state_dict())
-            elif self.validate_and_decide(val_loader, epoch, epoch_over):
-                return True
-        return False
+            else:
+                stopped = self.validate_and_decide(val_loader, epoch, epoch_over)
+                if stopped is not None:
+                    return stopped
+        return None
 
-    def validate_and_decide(self, val_loader, epoch: int, epoch_over: bool) -> bool:
-        """One validation: its record, best, schedule, checkpoints, callbacks; True when early stopping says stop.
-        Where early stopping stops inside an epoch, that epoch ends there (it counts as run)."""
+    def validate_and_decide(self, val_loader, epoch: int, epoch_over: bool) -> Optional[str]:
+        """One validation: its record, best, schedule, checkpoints, callbacks; the status when the run stops here
+        (early stopping, or one of `stop_conditions`, e.g. a pruned trial), else None. Where a run stops inside
+        an epoch, that epoch ends there (it counts as run)."""
         record = {"epoch": epoch, "step": self.optimizer_steps, **self.since_record.record(), **self.validate(val_loader)}
         record["seconds"] = self.since_record.seconds()  # of the steps since the last record, and this validation
         if self.monitor not in record:
@@ -212,7 +190,7 @@ class Engine:
             self.best_outputs = self._chosen_outputs()
         else:
             self.bad_epochs += 1
-        stop = self.loop.patience is not None and self.bad_epochs >= self.loop.patience
+        stop = "stopped_early" if self.loop.patience is not None and self.bad_epochs >= self.loop.patience else None
         if epoch_over or stop:
             self.schedule.after_epoch(monitored)
             self._end_epoch(epoch)
@@ -223,6 +201,13 @@ class Engine:
                                step=self.optimizer_steps if self.validations.inside_epochs else None,
                                save_last=not self.inside_epoch)
         self._notify("on_epoch_end", record, improved)
+        ended = None if stop else next(filter(None, (condition(self, record) for condition in self.stop_conditions)), None)
+        if ended is not None:  # asked with the record saved; a stop inside an epoch ends the epoch there
+            stop, self.stop_reason = ended
+            if self.inside_epoch:
+                self._end_epoch(epoch)
+                if self.files.keeps_checkpoints:
+                    self.files.save("last.ckpt", self.state_dict())
         return stop
 
     def _end_epoch(self, epoch: int) -> None:

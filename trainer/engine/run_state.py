@@ -81,6 +81,8 @@ def summary_of(engine, status: str, error: Optional[str] = None) -> Dict[str, An
             f"{engine.loop.monitor} did not improve by more than {engine.loop.min_delta} for {engine.loop.patience} "
             "validations (trainer.patience counts validations, not epochs)"
         )
+    elif engine.stop_reason is not None:
+        summary["reason"] = engine.stop_reason
     if error is not None:
         summary["error"] = error
     return summary

@@ -51,7 +51,8 @@ class EpochLog(Callback):
         best = "none" if summary["best_value"] is None else format_value(summary["best_value"])
         validations = getattr(engine, "validations", None)
         step = f" (optimizer step {summary['best_step']})" if validations and validations.inside_epochs else ""
-        log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}{step}")
+        reason = f" ({summary['reason']})" if summary.get("reason") else ""  # why it stopped early, or was pruned
+        log.info(f"{summary['status']}: best {summary['monitor']} {best} at epoch {summary['best_epoch']}{step}{reason}")
 
 
 class CsvWriter(Callback):

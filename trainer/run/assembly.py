@@ -12,8 +12,9 @@ from trainer.config.registry import build
 from trainer.data.batches import FixedBatches, LimitedLoader, batch_count
 from trainer.data.datasets import DATASETS, DataBundle
 from trainer.engine import distributed
-from trainer.engine.loop import Engine, LoopSettings
+from trainer.engine.loop import Engine
 from trainer.engine.place import current_place
+from trainer.engine.settings import LoopSettings
 from trainer.engine.validation_schedule import ValidationSchedule
 from trainer.errors import UserError
 from trainer.optim.optimizers import OPTIMIZERS

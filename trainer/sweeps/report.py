@@ -33,7 +33,7 @@ def report_sweep(sweep_dir, console: Optional[Console] = None, redraw_runs: bool
                    [g.mean for g in groups], [g.std for g in groups], monitor,
                    f"{sweep_dir.name}: mean and std over seeds", str(sweep_dir / SWEEP_PNG))
     else:
-        draw_sweep([f"{job.job}: {label(job.overrides, keys)}" + (f" ({job.status})" if job.failed else "") for job in ranked],
+        draw_sweep([f"{job.job}: {label(job.overrides, keys)}" + (f" ({job.status})" if job.failed or job.pruned else "") for job in ranked],
                    [None if job.failed else job.best_value for job in ranked], None, monitor,
                    f"{sweep_dir.name}: best first", str(sweep_dir / SWEEP_PNG))
     written.append(SWEEP_PNG)

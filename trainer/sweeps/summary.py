@@ -1,8 +1,8 @@
 """A sweep's results, read back from its job directories, ranked best first.
 
 Each job directory holds `.hydra/overrides.yaml` (what made the job different) and summary.json
-(how it went). Jobs are ranked by their monitored best value in their own `mode`; jobs without a
-finite value follow, failed ones come last. Jobs that differ only in `seed` are grouped into the
+(how it went). Jobs are ranked by their monitored best value in their own `mode`; trials an Optuna
+pruner stopped (status `pruned`) follow by theirs, then jobs without a finite value; failed ones come last. Jobs that differ only in `seed` are grouped into the
 mean and the sample standard deviation over seeds. Plain data and CSV only: tables.py and
 plots.py draw them.
 """
@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 SWEEP_CSV = "sweep_summary.csv"
 SEEDS_CSV = "sweep_seeds.csv"
 FAILED = ("failed", "missing")  # "missing": no summary.json (still running, or killed)
+PRUNED = "pruned"  # a trial of a pruned Optuna search, stopped as hopeless: its best value is of a shorter run
 
 
 @dataclass
@@ -36,6 +37,10 @@ class JobResult:
     @property
     def failed(self) -> bool:
         return self.status in FAILED
+
+    @property
+    def pruned(self) -> bool:
+        return self.status == PRUNED
 
 
 @dataclass
@@ -110,17 +115,18 @@ def read_sweep(sweep_dir) -> List[JobResult]:
     return [read_job(sweep_dir, d) for d in job_dirs(sweep_dir)]
 
 
-def rank_key(value: Optional[float], mode: Optional[str], failed: bool, name: str) -> Tuple:
+def rank_key(value: Optional[float], mode: Optional[str], failed: bool, name: str, pruned: bool = False) -> Tuple:
     if failed:
-        return (2, 0.0, natural_key(name))
+        return (3, 0.0, natural_key(name))
     if value is None:
-        return (1, 0.0, natural_key(name))
-    return (0, value if mode == "min" else -value, natural_key(name))
+        return (2, 0.0, natural_key(name))
+    return (1 if pruned else 0, value if mode == "min" else -value, natural_key(name))
 
 
 def rank(jobs: Sequence[JobResult]) -> List[JobResult]:
-    """Best first in each job's own mode; jobs without a value next; failed jobs last."""
-    return sorted(jobs, key=lambda j: rank_key(j.best_value, j.mode, j.failed, j.job))
+    """Best first in each job's own mode; pruned trials next (as Optuna's best trial, the best is one that ran to
+    its end); jobs without a value next; failed jobs last."""
+    return sorted(jobs, key=lambda j: rank_key(j.best_value, j.mode, j.failed, j.job, j.pruned))
 
 
 def varying_keys(overrides: Sequence[Dict[str, str]]) -> List[str]:

@@ -8,7 +8,8 @@ from trainer.reporting.tables import number, titled_table
 from trainer.sweeps.summary import JobResult, SeedGroup, varying_keys
 
 
-STATUS_STYLE = {"completed": "green", "stopped_early": "green", "interrupted": "yellow", "failed": "red", "missing": "red"}
+STATUS_STYLE = {"completed": "green", "stopped_early": "green", "pruned": "cyan", "interrupted": "yellow", "failed": "red",
+                "missing": "red"}
 
 
 def short(text: str) -> str:
@@ -55,7 +56,8 @@ def sweep_table(ranked: Sequence[JobResult], title: str) -> Table:
         table.add_column("error", overflow="fold")
     for i, job in enumerate(ranked, 1):
         row = [str(i), job.job, *(short(job.overrides.get(key, "")) for key in keys)]
-        row += [f"[{STATUS_STYLE.get(job.status, 'yellow')}]{job.status}[/]", number(job.best_epoch)]
+        status = f"{job.status} at epoch {job.epochs_run}" if job.pruned else job.status
+        row += [f"[{STATUS_STYLE.get(job.status, 'yellow')}]{status}[/]", number(job.best_epoch)]
         row += [] if header is not None else [f"{job.monitor} ({job.mode})" if job.monitor else "-"]
         row.append(number(job.best_value))
         row += [job.error or ""] if errors else []
