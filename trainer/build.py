@@ -143,7 +143,7 @@ def configure_torch(deterministic: bool, device: torch.device) -> None:
 
 
 # Config keys of the image datasets that hold paths, and those that must be given.
-DATA_PATH_KEYS = ("root", "val_root", "csv", "val_csv", "image_dir")
+DATA_PATH_KEYS = ("root", "val_root", "csv", "val_csv", "image_dir", "cache_dir")
 REQUIRED_DATA_KEYS = {"image_folder": "root", "csv": "csv"}
 INPUT_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct")
 
