@@ -4,7 +4,7 @@ import os
 from typing import Any, Dict, Sequence, Tuple
 
 # Overrides that may accompany resume=: they change how or how long the run goes, not what it computes.
-RESUMABLE_OVERRIDES = ("trainer.max_epochs", "trainer.device", "progress", "data.num_workers")
+RESUMABLE_OVERRIDES = ("trainer.max_epochs", "trainer.device", "progress", "data.num_workers", "data.cache", "data.cache_dir")
 
 
 def checkpoint_of(target: str) -> str:
