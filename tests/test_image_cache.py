@@ -21,7 +21,7 @@ from trainer import image_cache, loaders
 from trainer.data import DATASETS
 from trainer.errors import UserError
 from trainer.file_checks import check_files
-from trainer.images import fitted_size, load_image
+from trainer.images import decoded_sizes, fitted_size, load_image
 from trainer.registry import schema_defaults
 
 DAY_NS = 86_400 * 10**9
@@ -74,9 +74,25 @@ def test_stored_images_are_the_decoded_ones_at_the_size_the_transform_needs(fold
                 stored = store.get(i)
                 assert stored.mode == mode and np.array_equal(np.asarray(stored), np.asarray(decoded))
             large = {os.path.basename(p): store.get(i).size for i, p in enumerate(paths) if "large" in p}
-            # torchvision's Resize(114) sets the shorter side to 114 and rounds the longer one down
-            assert large == {"large.png": (152, 114), "large.jpg": (114, 171)}
-            assert fitted_size(400, 300, 500) == (400, 300)  # never enlarged
+            # the PNG as torchvision's Resize(114) sizes it (shorter side 114, the longer one rounded down);
+            # the JPEG as PIL's draft mode decodes it (at 1/2: 1/4 would be below 114), not resized again
+            assert large == {"large.png": (152, 114), "large.jpg": (130, 195)}
+            with Image.open(folder / "2" / "large.jpg") as jpeg:
+                jpeg.draft(mode, (114, 114))
+                assert jpeg.size == (130, 195)
+    assert fitted_size(400, 300, 500) == (400, 300)  # never enlarged
+
+
+def test_the_layout_knows_the_size_of_every_decoded_image_before_decoding(tmp_path):
+    """decoded_sizes (from the width and height the file check records) against what load_image gives."""
+    rng = np.random.default_rng(0)
+    for n in range(60):
+        width, height = (int(v) for v in rng.integers(8, 700, 2))
+        jpeg, size = n % 2 == 0, int(rng.choice([16, 32, 57, 114]))
+        path = tmp_path / f"{n}.{'jpg' if jpeg else 'png'}"
+        Image.new("RGB", (width, height), (10, 200, 30)).save(path)
+        predicted = decoded_sizes(np.array([width]), np.array([height]), np.array([jpeg]), size)
+        assert load_image(str(path), "RGB", decode_size=size, fit="bilinear").size == tuple(int(v[0]) for v in predicted)
 
 
 def test_memory_store_is_shared_with_workers_and_images_are_decoded_once(folder, tmp_path, caplog):

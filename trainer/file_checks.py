@@ -1,7 +1,7 @@
 """The up-front check of image files (trainer.images.examine), remembered between runs.
 
 What a check found good is written to a small file under the cache directory (data.cache_dir):
-path -> (bytes, modification time in ns, width, height). A later run over the same files stats each
+path -> (bytes, modification time in ns, width, height, is a JPEG). A later run over the same files stats each
 one and checks again only those whose size or modification time changed, and new ones: over an
 unchanged folder of 70,000 files the check takes a fraction of a second instead of many seconds.
 Bad files are never remembered (they are refused or left out on every run). The widths and heights
@@ -24,9 +24,9 @@ from trainer import images
 log = logging.getLogger("trainer")
 
 FORMAT = "trainer file check"
-VERSION = 1
-# path -> (size in bytes, modification time in ns, width, height)
-Facts = Dict[str, Tuple[int, int, int, int]]
+VERSION = 2
+# path -> (size in bytes, modification time in ns, width, height, 1 for a JPEG else 0)
+Facts = Dict[str, Tuple[int, int, int, int, int]]
 # A file modified less than this before it was checked is not remembered: file systems keep times
 # in coarse steps, so a change made right after the check could leave size and time as they were.
 SETTLED_NS = 2_000_000_000
@@ -117,7 +117,7 @@ def check_files(paths: Sequence[str], cache_dir: Optional[str], what: str, threa
                 if reason is not None:
                     problems.append((i, reason))
                 elif stat is not None:
-                    facts[paths[i]] = (*stat, *size)
+                    facts[paths[i]] = (*stat, size[0], size[1], int(size[2]))
     log.info(f"file check of {what}: checked {len(unknown)} files, {len(paths) - len(unknown)} remembered")
     # the files of this set only (a file removed from the folder is forgotten), once settled
     now = time.time_ns()

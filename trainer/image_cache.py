@@ -2,9 +2,10 @@
 
 A store holds one split's images (training or validation) in one flat buffer: image i is
 shapes[i] = (height, width, channels) bytes at offsets[i], at the size trainer.images.load_image
-gives with `fit` (the shorter side brought down to what the transforms use, aspect kept), so the
-transforms see the same image whether it comes from the store or from the file. The layout comes
-from the widths and heights the file check recorded (trainer.file_checks), before anything is decoded.
+gives with `fit` (an image at least twice the size the transforms use is brought down to it,
+aspect kept), so the transforms see the same image whether it comes from the store or from the
+file. The layout comes from the widths and heights the file check recorded (trainer.file_checks),
+before anything is decoded (trainer.images.decoded_sizes).
 Images are stored as they are first read, by the loader's workers or the main process (the first
 epoch), and read from the store from then on; a flag per image says it is there.
 
@@ -38,7 +39,7 @@ from PIL import Image
 
 from trainer.errors import UserError
 from trainer.file_checks import Facts, cache_root, settled
-from trainer.images import fitted_size
+from trainer.images import decoded_sizes
 from trainer.loaders import local_processes
 
 log = logging.getLogger("trainer")
@@ -118,13 +119,12 @@ class DecodedImages:
 
 def layout(paths: Sequence[str], facts: Facts, channels: int, decode_size: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(shapes (n, 3), offsets (n + 1,)) of the images as stored, or None when a file's size is unknown."""
-    shapes = np.empty((len(paths), 3), dtype=np.int64)
-    for i, path in enumerate(paths):
-        known = facts.get(str(path))
-        if known is None:
-            return None
-        width, height = fitted_size(known[2], known[3], decode_size)
-        shapes[i] = (height, width, channels)
+    try:
+        known = np.array([facts[str(path)][2:5] for path in paths], dtype=np.int64).reshape(len(paths), 3)
+    except KeyError:
+        return None
+    width, height = decoded_sizes(known[:, 0], known[:, 1], known[:, 2], decode_size)
+    shapes = np.stack([height, width, np.full_like(width, channels)], axis=1)
     offsets = np.zeros(len(paths) + 1, dtype=np.int64)
     np.cumsum(shapes.prod(axis=1), out=offsets[1:])
     return shapes, offsets

@@ -167,8 +167,8 @@ def problem_with(path: str) -> Optional[str]:
     return examine(path)[0]
 
 
-def examine(path: str) -> Tuple[Optional[str], Optional[Tuple[int, int]]]:
-    """(why `path` cannot be used as an image, or None; its (width, height) when it can). Cheap:
+def examine(path: str) -> Tuple[Optional[str], Optional[Tuple[int, int, bool]]]:
+    """(why `path` cannot be used as an image, or None; its (width, height, is a JPEG) when it can). Cheap:
     `verify` reads the structure (and a PNG's checksums) without decoding pixels. It cannot see a
     truncated JPEG, so a JPEG that does not end with its end-of-image marker is decoded once to
     decide (some files carry trailing bytes after the marker and are fine)."""
@@ -176,7 +176,7 @@ def examine(path: str) -> Tuple[Optional[str], Optional[Tuple[int, int]]]:
         return ("does not exist" if not os.path.exists(path) else "is not a file"), None
     try:
         with Image.open(path) as img:
-            fmt, size = img.format, img.size
+            fmt, size = img.format, (*img.size, img.format == "JPEG")
             img.verify()
         if fmt == "JPEG" and not ends_with_jpeg_marker(path):
             with Image.open(path) as img:
@@ -237,6 +237,25 @@ def fitted_size(width: int, height: int, decode_size: int) -> Tuple[int, int]:
     return (decode_size, long) if width <= height else (long, decode_size)
 
 
+def decoded_sizes(width: np.ndarray, height: np.ndarray, jpeg: np.ndarray, decode_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(widths, heights) that `load_image(..., decode_size, fit)` gives for images stored at width x
+    height (integer arrays): a JPEG's reduction by PIL's draft mode (the largest of 8, 4, 2, 1 that
+    leaves both sides at least decode_size, rounding up), then `fitted_size` where still needed."""
+    width, height = np.asarray(width, dtype=np.int64), np.asarray(height, dtype=np.int64)
+    most = np.minimum(width // decode_size, height // decode_size)
+    scale = np.where(most >= 8, 8, np.where(most >= 4, 4, np.where(most >= 2, 2, 1)))
+    scale = np.where(np.asarray(jpeg, dtype=bool) & (np.minimum(width, height) >= 2 * decode_size), scale, 1)
+    width, height = -(-width // scale), -(-height // scale)
+    short, long = np.minimum(width, height), np.maximum(width, height)
+    fit = short >= 2 * decode_size
+    # fitted_size: the shorter side decode_size, the longer one rounded down (float64, as int(size * long / short))
+    fitted_long = (decode_size * long / np.maximum(short, 1)).astype(np.int64)
+    portrait = width <= height
+    new_width = np.where(fit, np.where(portrait, decode_size, fitted_long), width)
+    new_height = np.where(fit, np.where(portrait, fitted_long, decode_size), height)
+    return new_width, new_height
+
+
 def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None,
                fit: Optional[str] = None) -> Image.Image:
     """The image at `path` as `mode` ("L" or "RGB"), whatever it is stored as (L, RGB, RGBA, P, 16-bit).
@@ -244,11 +263,11 @@ def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", deco
     With `decode_size`, a JPEG at least twice that size on its shorter side is decoded at 1/2, 1/4
     or 1/8 scale (PIL's draft mode, in the decoder's DCT), never below `decode_size`: several times
     faster for photos far larger than the model's input. With `fit` too (an interpolation name), an
-    image whose shorter side is larger than `decode_size` is then resized to `fitted_size` of its
-    stored size: what the decoded-image cache keeps (trainer.image_cache), cached or not."""
+    image still at least twice `decode_size` on its shorter side is then resized (`fitted_size`, with
+    that interpolation): its size is `decoded_sizes`, which the decoded-image cache lays out before
+    decoding (trainer.image_cache); cached or not, the transforms see this image."""
     try:
         with Image.open(path) as img:
-            stored = img.size
             if decode_size and img.format == "JPEG" and min(img.size) >= 2 * decode_size:
                 img.draft(mode, (decode_size, decode_size))
             if img.mode == "P" and "transparency" in img.info:
@@ -257,10 +276,8 @@ def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", deco
                 # 16-bit grayscale: convert("L") would clip at 255 instead of scaling
                 img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
             img = img.convert(mode)
-            if fit and decode_size:
-                size = fitted_size(*stored, decode_size)
-                if img.size != size:
-                    img = img.resize(size, RESAMPLING[fit])
+            if fit and decode_size and min(img.size) >= 2 * decode_size:
+                img = img.resize(fitted_size(*img.size, decode_size), RESAMPLING[fit])
             return img
     except DECODE_ERRORS as err:
         unidentified = isinstance(err, Image.UnidentifiedImageError)
