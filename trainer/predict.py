@@ -71,7 +71,8 @@ def predict(cfg: DictConfig) -> str:
     if not paths:
         raise UserError(f"input={cfg.input}: no readable image is left to predict")
     spec = resolve_input(source.model_name, data.channels, *(data[key] for key in checks.INPUT_KEYS))
-    dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"], decode_size(spec))
+    dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"], decode_size(spec),
+                               spec["interpolation"])
     workers = available_cpus() if cfg.num_workers is None else cfg.num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
@@ -141,8 +142,9 @@ class PredictionInputs:
     """(transformed image, "") per file, or (zeros, why it failed): a decode failure is reported in
     the main process, which knows the path, instead of as a worker's traceback."""
 
-    def __init__(self, paths, transform, channels: int, image_size: int, decode_size: int):
-        self.paths, self.transform, self.decode_size = paths, transform, decode_size
+    def __init__(self, paths, transform, channels: int, image_size: int, decode_size: int, fit: str):
+        # decoded as validation decodes (trainer.data.images.load_image with `fit`), so predictions match evaluate's
+        self.paths, self.transform, self.decode_size, self.fit = paths, transform, decode_size, fit
         self.mode = "L" if channels == 1 else "RGB"
         self.shape = (channels, image_size, image_size)
 
@@ -156,7 +158,7 @@ class PredictionInputs:
         from trainer.data.images import UnreadableImage, load_image
 
         try:
-            return self.transform(load_image(self.paths[index], self.mode, decode_size=self.decode_size)), ""
+            return self.transform(load_image(self.paths[index], self.mode, decode_size=self.decode_size, fit=self.fit)), ""
         except UnreadableImage as err:
             return torch.zeros(self.shape), err.reason
 

@@ -275,8 +275,17 @@ class ImageData:
     label_smoothing: float = 0.1  # of the mixed soft targets
     sampler: str = "random"  # random | balanced (inverse class frequency, with replacement)
     class_fraction: Any = None  # as for digits: {class name: fraction kept}
-    num_workers: Optional[int] = None  # null: one loader process per CPU core this process may use
+    # null: the CPU cores this process may use, shared with the other processes of a torchrun on this
+    # machine (LOCAL_WORLD_SIZE), less one for the training loop; the training loader keeps its workers,
+    # validation starts as many afresh each epoch (trainer.data.loaders.default_workers)
+    num_workers: Optional[int] = None
     skip_bad_files: bool = False  # true: unreadable or missing images are left out with a warning
+    # decoded images, kept as uint8 arrays at the size the transforms need (trainer.data.image_cache):
+    # auto (memory when they fit in half the memory available, else none) | memory | disk | none
+    cache: str = "auto"
+    # the decoded-image files (data.cache=disk) and what the file check has verified;
+    # null: $XDG_CACHE_HOME/trainer, or ~/.cache/trainer when XDG_CACHE_HOME is not set
+    cache_dir: Optional[str] = None
 
 
 @dataclass

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.config.registry import Registry
-from trainer.data import images
+from trainer.data import image_cache, images
+from trainer.data.file_checks import checked_files
 from trainer.data.loaders import ImageLoader, make_loaders
 from trainer.data.transforms import build_mixup, decode_size, eval_transform, resolve_input, train_transform
 from trainer.errors import UserError
@@ -139,19 +140,21 @@ def image_folder(root: str, val_root: Optional[str], batch_size: int, val_fracti
                  scale, ratio, hflip, vflip, color_jitter, auto_augment,
                  re_prob, re_mode, re_count, mixup, cutmix, mixup_prob, mixup_switch_prob,
                  mixup_mode, label_smoothing, sampler, class_fraction, num_workers,
-                 skip_bad_files, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
+                 skip_bad_files, cache, cache_dir, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
     """root/<class name>/**/<image>: torchvision's ImageFolder layout; hidden folders are not classes."""
     settings = pipeline_settings(locals(), "root", "val_root")
     paths, labels, class_names = images.scan_class_folders(root, "data.root")
-    paths, labels = images.drop_bad_files(paths, labels, skip_bad_files, f"data.root={root}")
+    paths, labels, facts = checked_files(paths, labels, skip_bad_files, f"data.root={root}", cache_dir)
     missing = sorted(set(class_names) - set(labels))
     if missing:
         raise UserError(f"class folder(s) {', '.join(missing)} of data.root={root} have no readable image left")
     val = None
     if val_root is not None:
         val_paths, val_labels, _ = images.scan_class_folders(val_root, "data.val_root", class_names)
-        val = images.drop_bad_files(val_paths, val_labels, skip_bad_files, f"data.val_root={val_root}")
-    return image_bundle(paths, labels, val, class_names, source=f"data.root={root}", val_key="data.val_root", **settings)
+        *val, val_facts = checked_files(val_paths, val_labels, skip_bad_files, f"data.val_root={val_root}", cache_dir)
+        facts.update(val_facts)
+    return image_bundle(paths, labels, val, class_names, source=f"data.root={root}", val_key="data.val_root",
+                        facts=facts, **settings)
 
 
 @DATASETS.register("csv")
@@ -161,11 +164,11 @@ def csv(csv: str, image_dir: Optional[str], path_column: str, label_column: str,
         scale, ratio, hflip, vflip, color_jitter, auto_augment,
         re_prob, re_mode, re_count, mixup, cutmix, mixup_prob, mixup_switch_prob,
         mixup_mode, label_smoothing, sampler, class_fraction, num_workers,
-        skip_bad_files, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
+        skip_bad_files, cache, cache_dir, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
     """A CSV with a column of image paths and a column of labels (strings or integers)."""
     settings = pipeline_settings(locals(), "csv", "image_dir", "path_column", "label_column", "path_suffix", "val_csv")
     paths, labels, _ = images.scan_csv(csv, image_dir, path_column, label_column, path_suffix, "data.csv")
-    paths, labels = images.drop_bad_files(paths, labels, skip_bad_files, f"data.csv={csv}")
+    paths, labels, facts = checked_files(paths, labels, skip_bad_files, f"data.csv={csv}", cache_dir)
     class_names = images.sorted_class_names(labels)
     val = None
     if val_csv is not None:
@@ -176,12 +179,16 @@ def csv(csv: str, image_dir: Optional[str], path_column: str, label_column: str,
                 f"data.val_csv={val_csv} has labels that are not in the training data: {', '.join(unseen[:20])}; "
                 f"training classes: {', '.join(class_names)}"
             )
-        val = images.drop_bad_files(val_paths, val_labels, skip_bad_files, f"data.val_csv={val_csv}")
-    return image_bundle(paths, labels, val, class_names, source=f"data.csv={csv}", val_key="data.val_csv", **settings)
+        *val, val_facts = checked_files(val_paths, val_labels, skip_bad_files, f"data.val_csv={val_csv}", cache_dir)
+        facts.update(val_facts)
+    return image_bundle(paths, labels, val, class_names, source=f"data.csv={csv}", val_key="data.val_csv",
+                        facts=facts, **settings)
 
 
 def pipeline_settings(arguments: Dict[str, Any], *own_keys: str) -> Dict[str, Any]:
-    """A builder's arguments less those that only say where its files are: what image_bundle takes."""
+    """A builder's arguments less those that only say where its files are: what image_bundle takes.
+    Settings that cost nothing to check are checked here, before the files are."""
+    image_cache.require_mode(arguments["cache"])
     return {key: value for key, value in arguments.items() if key not in own_keys}
 
 
@@ -189,9 +196,10 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
                  seed: int, pin_memory: bool, model_name: str, channels: int, batch_size: int, val_fraction: float,
                  class_fraction, sampler: str, num_workers, skip_bad_files: bool, mixup, cutmix, mixup_prob,
                  mixup_switch_prob, mixup_mode, label_smoothing, image_size, mean, std, interpolation, crop_pct,
-                 **augmentation) -> DataBundle:
+                 cache: str, cache_dir: Optional[str], facts, **augmentation) -> DataBundle:
     """Subsample, split, and wrap checked image files in transforms and loaders. `augmentation`:
-    the keyword arguments of trainer.data.transforms.train_transform (augment, scale, hflip, ...)."""
+    the keyword arguments of trainer.data.transforms.train_transform (augment, scale, hflip, ...).
+    `facts`: path -> (bytes, mtime, width, height) of the checked files (data/file_checks.py)."""
     if not paths:
         raise UserError(f"{source}: no readable image is left")
     spec = resolve_input(model_name, channels, image_size, mean, std, interpolation, crop_pct)
@@ -210,8 +218,11 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
         val = (np.asarray(val[0], dtype=object), np.asarray([index[label] for label in val[1]], dtype=np.int64))
     mix = build_mixup(len(class_names), batch_size, mixup, cutmix, mixup_prob, mixup_switch_prob, mixup_mode, label_smoothing)
     train_size = decode_size(spec, augmentation["scale"] if augmentation["augment"] else None)
-    train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files, decode_size=train_size)
-    val_set = images.ImageFiles(val[0], val[1], eval_tf, channels, skip_bad_files, decode_size=decode_size(spec))
+    val_size, fit = decode_size(spec), spec["interpolation"]
+    stores = image_cache.build_stores(cache, cache_dir, [(train[0], train_size), (val[0], val_size)], facts, channels, fit)
+    train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files, decode_size=train_size,
+                                  fit=fit, cache=stores[0])
+    val_set = images.ImageFiles(val[0], val[1], eval_tf, channels, skip_bad_files, decode_size=val_size, fit=fit, cache=stores[1])
     train_loader, val_loader = make_loaders(
         train_set, val_set, batch_size, num_workers, seed, pin_memory, sampler=sampler, train_labels=train[1],
         drop_last=mix is not None, loader_class=ImageLoader,

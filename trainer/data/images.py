@@ -163,24 +163,29 @@ def sorted_class_names(labels: Sequence[str]) -> List[str]:
 
 # --- checking files -------------------------------------------------------------------------
 def problem_with(path: str) -> Optional[str]:
-    """Why `path` cannot be used as an image, or None. Cheap: `verify` reads the structure (and a
-    PNG's checksums) without decoding pixels. It cannot see a truncated JPEG, so a JPEG that does
-    not end with its end-of-image marker is decoded once to decide (some files carry trailing
-    bytes after the marker and are fine)."""
+    """Why `path` cannot be used as an image, or None (see `examine`)."""
+    return examine(path)[0]
+
+
+def examine(path: str) -> Tuple[Optional[str], Optional[Tuple[int, int, bool]]]:
+    """(why `path` cannot be used as an image, or None; its (width, height, is a JPEG) when it can). Cheap:
+    `verify` reads the structure (and a PNG's checksums) without decoding pixels. It cannot see a
+    truncated JPEG, so a JPEG that does not end with its end-of-image marker is decoded once to
+    decide (some files carry trailing bytes after the marker and are fine)."""
     if not os.path.isfile(path):
-        return "does not exist" if not os.path.exists(path) else "is not a file"
+        return ("does not exist" if not os.path.exists(path) else "is not a file"), None
     try:
         with Image.open(path) as img:
-            fmt = img.format
+            fmt, size = img.format, (*img.size, img.format == "JPEG")
             img.verify()
         if fmt == "JPEG" and not ends_with_jpeg_marker(path):
             with Image.open(path) as img:
                 img.load()
     except Image.UnidentifiedImageError:
-        return "is not an image file PIL can read"
+        return "is not an image file PIL can read", None
     except DECODE_ERRORS as err:
-        return f"is truncated or corrupt ({one_line(err)})"
-    return None
+        return f"is truncated or corrupt ({one_line(err)})", None
+    return None, size
 
 
 def ends_with_jpeg_marker(path: str) -> bool:
@@ -198,9 +203,11 @@ def find_problems(paths: Sequence[str], threads: int = 8) -> List[Tuple[int, str
 
 
 def drop_bad_files(paths: List[str], labels: List[str], skip_bad_files: bool, what: str,
-                   skip_key: str = "data.skip_bad_files") -> Tuple[List[str], List[str]]:
-    """Refuse (or, with skip_bad_files, leave out with a counted warning) files that are missing or unreadable."""
-    problems = find_problems(paths)
+                   skip_key: str = "data.skip_bad_files", problems: Optional[List[Tuple[int, str]]] = None) -> Tuple[List[str], List[str]]:
+    """Refuse (or, with skip_bad_files, leave out with a counted warning) files that are missing or unreadable.
+    `problems`: what `find_problems` would say, when already known (trainer.data.file_checks remembers)."""
+    if problems is None:
+        problems = find_problems(paths)
     if not problems:
         return paths, labels
     listed = "; ".join(f"'{paths[i]}' {reason}" for i, reason in problems[:5])
@@ -215,12 +222,50 @@ def drop_bad_files(paths: List[str], labels: List[str], skip_bad_files: bool, wh
 
 
 # --- reading files --------------------------------------------------------------------------
-def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None) -> Image.Image:
+# PIL's resampling filter for each data.interpolation
+RESAMPLING = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+              "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+def fitted_size(width: int, height: int, decode_size: int) -> Tuple[int, int]:
+    """(width, height) of an image whose shorter side is brought down to `decode_size` (aspect kept, the
+    longer side rounded down as torchvision's Resize does); the size itself when it is not larger."""
+    short, long = min(width, height), max(width, height)
+    if short <= decode_size:
+        return width, height
+    long = int(decode_size * long / short)
+    return (decode_size, long) if width <= height else (long, decode_size)
+
+
+def decoded_sizes(width: np.ndarray, height: np.ndarray, jpeg: np.ndarray, decode_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(widths, heights) that `load_image(..., decode_size, fit)` gives for images stored at width x
+    height (integer arrays): a JPEG's reduction by PIL's draft mode (the largest of 8, 4, 2, 1 that
+    leaves both sides at least decode_size, rounding up), then `fitted_size` where still needed."""
+    width, height = np.asarray(width, dtype=np.int64), np.asarray(height, dtype=np.int64)
+    most = np.minimum(width // decode_size, height // decode_size)
+    scale = np.where(most >= 8, 8, np.where(most >= 4, 4, np.where(most >= 2, 2, 1)))
+    scale = np.where(np.asarray(jpeg, dtype=bool) & (np.minimum(width, height) >= 2 * decode_size), scale, 1)
+    width, height = -(-width // scale), -(-height // scale)
+    short, long = np.minimum(width, height), np.maximum(width, height)
+    fit = short >= 2 * decode_size
+    # fitted_size: the shorter side decode_size, the longer one rounded down (float64, as int(size * long / short))
+    fitted_long = (decode_size * long / np.maximum(short, 1)).astype(np.int64)
+    portrait = width <= height
+    new_width = np.where(fit, np.where(portrait, decode_size, fitted_long), width)
+    new_height = np.where(fit, np.where(portrait, fitted_long, decode_size), height)
+    return new_width, new_height
+
+
+def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None,
+               fit: Optional[str] = None) -> Image.Image:
     """The image at `path` as `mode` ("L" or "RGB"), whatever it is stored as (L, RGB, RGBA, P, 16-bit).
 
     With `decode_size`, a JPEG at least twice that size on its shorter side is decoded at 1/2, 1/4
     or 1/8 scale (PIL's draft mode, in the decoder's DCT), never below `decode_size`: several times
-    faster for photos far larger than the model's input."""
+    faster for photos far larger than the model's input. With `fit` too (an interpolation name), an
+    image still at least twice `decode_size` on its shorter side is then resized (`fitted_size`, with
+    that interpolation): its size is `decoded_sizes`, which the decoded-image cache lays out before
+    decoding (trainer.data.image_cache); cached or not, the transforms see this image."""
     try:
         with Image.open(path) as img:
             if decode_size and img.format == "JPEG" and min(img.size) >= 2 * decode_size:
@@ -230,7 +275,10 @@ def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", deco
             elif img.mode in ("I", "I;16", "I;16B", "I;16L"):
                 # 16-bit grayscale: convert("L") would clip at 255 instead of scaling
                 img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
-            return img.convert(mode)
+            img = img.convert(mode)
+            if fit and decode_size and min(img.size) >= 2 * decode_size:
+                img = img.resize(fitted_size(*img.size, decode_size), RESAMPLING[fit])
+            return img
     except DECODE_ERRORS as err:
         unidentified = isinstance(err, Image.UnidentifiedImageError)
         reason = "is not an image file PIL can read" if unidentified else f"is truncated or corrupt ({one_line(err)})"
@@ -245,12 +293,15 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable, channels: int,
-                 skip_bad_files: bool = False, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None):
+                 skip_bad_files: bool = False, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None,
+                 fit: Optional[str] = None, cache=None):
         # numpy arrays, not lists of Python objects: reading a list's items from forked workers
         # touches their reference counts, which copies the parent's memory into every worker
         self.paths = np.asarray(paths, dtype=str)
         self.targets = np.asarray(targets, dtype=np.int64)
-        self.decode_size = decode_size
+        self.decode_size, self.fit = decode_size, fit
+        # a trainer.data.image_cache store (`get(i)` -> image or None, `put(i, image)`), or None: decode every time
+        self.cache = cache
         self.transform = transform
         self.mode = "L" if channels == 1 else "RGB"
         self.skip_bad_files, self.skip_key = skip_bad_files, skip_key
@@ -262,8 +313,11 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int):
         for attempt in range(len(self.paths)):
             i = (index + attempt) % len(self.paths)
+            image = self.cache.get(i) if self.cache is not None else None
+            if image is not None:
+                return self.transform(image), int(self.targets[i])
             try:
-                image = load_image(str(self.paths[i]), self.mode, self.skip_key, self.decode_size)
+                image = load_image(str(self.paths[i]), self.mode, self.skip_key, self.decode_size, self.fit)
             except UnreadableImage as err:
                 if not self.skip_bad_files:
                     raise
@@ -271,5 +325,7 @@ class ImageFiles(Dataset):
                     self.reported.add(i)
                     log.warning(f"warning: left out {message_of(err).split(';')[0]} ({self.skip_key}=true)")
                 continue
+            if self.cache is not None:
+                self.cache.put(i, image)
             return self.transform(image), int(self.targets[i])
         raise UnreadableImage(f"none of the {len(self.paths)} image files could be read")

@@ -23,6 +23,21 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def local_processes() -> int:
+    """Processes of this run on this machine: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def default_workers() -> int:
+    """Loader workers of each process when data.num_workers is null: the cores this process may use,
+    shared with the other processes of the run on this machine, less one for the process's own
+    training loop (0, loading in the process itself, when that leaves none)."""
+    return max(0, available_cpus() // local_processes() - 1)
+
+
 def seed_worker(worker_id: int) -> None:
     """numpy and random in a worker follow torch's per-worker seed (base seed from the loader's
     generator + worker id), so augmentations differ between workers yet repeat from run to run."""
@@ -68,11 +83,13 @@ class ImageLoader(DataLoader):
 def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int], seed: int, pin_memory: bool,
                  sampler: str = "random", train_labels: Optional[np.ndarray] = None, drop_last: bool = False,
                  loader_class=DataLoader):
-    """Training and validation loaders. num_workers None means one per available core."""
+    """Training and validation loaders. num_workers None means `default_workers()`. The training loader
+    keeps its workers between epochs; the validation loader starts its own for each validation and ends
+    them after it, so that no worker waits idle through training."""
     if batch_size < 1:
         raise UserError(f"data.batch_size={batch_size} is not valid; use an integer >= 1")
     if num_workers is None:
-        num_workers = available_cpus()
+        num_workers = default_workers()
     if num_workers < 0:
         raise UserError(f"data.num_workers={num_workers} is not valid; use 0 (load in the main process) or more")
     if sampler not in SAMPLERS:
@@ -91,7 +108,7 @@ def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int]
     else:
         order = dict(shuffle=True)
     train = loader_class(train_set, batch_size=batch_size, generator=generator, drop_last=drop_last, **order, **common)
-    val = loader_class(val_set, batch_size=batch_size, shuffle=False, **common)
+    val = loader_class(val_set, batch_size=batch_size, shuffle=False, **dict(common, persistent_workers=False))
     return train, val
 
 

@@ -116,7 +116,9 @@ def shard_loaders(train_loader: DataLoader, val_loader: DataLoader, place: Place
     train = type(train_loader)(train_loader.dataset, sampler=train_sampler, drop_last=train_loader.drop_last,
                                generator=workers, **common)
     val_indices = list(range(place.rank, len(val_loader.dataset), place.world_size))
-    val = type(val_loader)(val_loader.dataset, sampler=val_indices, **dict(common, batch_size=val_loader.batch_size))
+    val = type(val_loader)(val_loader.dataset, sampler=val_indices, **dict(
+        common, batch_size=val_loader.batch_size, num_workers=val_loader.num_workers,
+        persistent_workers=val_loader.persistent_workers, worker_init_fn=val_loader.worker_init_fn))
     return train, val
 
 

@@ -7,7 +7,7 @@ from trainer.engine.place import current_place
 from trainer.errors import UserError
 
 # Overrides that may accompany resume=: they change how or how long the run goes, not what it computes.
-RESUMABLE_OVERRIDES = ("trainer.max_epochs", "trainer.device", "progress", "data.num_workers")
+RESUMABLE_OVERRIDES = ("trainer.max_epochs", "trainer.device", "progress", "data.num_workers", "data.cache", "data.cache_dir")
 
 
 def checkpoint_of(target: str) -> str:

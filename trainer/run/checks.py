@@ -122,7 +122,7 @@ def monitor_choices(cfg: DictConfig) -> list:
 
 
 # Config keys of the image datasets that hold paths, and those that must be given.
-DATA_PATH_KEYS = ("root", "val_root", "csv", "val_csv", "image_dir")
+DATA_PATH_KEYS = ("root", "val_root", "csv", "val_csv", "image_dir", "cache_dir")
 
 
 REQUIRED_DATA_KEYS = {"image_folder": "root", "csv": "csv"}
