@@ -85,9 +85,11 @@ def load_study(storage: str, study_name: str, pruner_name: str, median: Any, hyp
     return _STUDIES[key]
 
 
-def report_step(record: Dict[str, Any]) -> int:
-    """The step a validation is reported at: the record's `step` (a run validating within epochs), else its epoch."""
-    return int(record.get("step", record["epoch"]))
+def report_step(engine, record: Dict[str, Any]) -> int:
+    """The step a validation is reported at: its epoch, so that n_warmup_steps and Hyperband's resources count
+    epochs; the optimizer step where the run validates inside epochs (trainer.val_check_interval)."""
+    validations = getattr(engine, "validations", None)
+    return int(record["step"] if validations is not None and validations.inside_epochs else record["epoch"])
 
 
 class TrialPruning:
@@ -102,7 +104,7 @@ class TrialPruning:
     def __call__(self, engine, record: Dict[str, Any]) -> Optional[Tuple[str, str]]:
         if self.broken:
             return None
-        value, step = record[engine.monitor], report_step(record)
+        value, step = record[engine.monitor], report_step(engine, record)
         try:
             self.trial.report(value, step)  # NaN too: Optuna's pruners prune a trial whose value is NaN
             if not self.trial.should_prune():
