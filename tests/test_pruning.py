@@ -128,11 +128,11 @@ def test_a_bad_pruner_is_refused_before_any_trial(tmp_path, override, message):
 
 
 # --- the pieces, with Optuna's real pruners on an in-memory study ---------------------------------
-def report_epochs(study, pruning_values, **record_extra):
+def report_epochs(study, pruning_values, inside_epochs=False, **record_extra):
     """Run one trial through TrialPruning as the Engine would, epoch by epoch: (answer, trial)."""
     trial = study.ask()
     condition = TrialPruning(trial, "test")
-    engine = SimpleNamespace(monitor="val/f1")
+    engine = SimpleNamespace(monitor="val/f1", validations=SimpleNamespace(inside_epochs=inside_epochs))
     for epoch, value in enumerate(pruning_values, 1):
         answer = condition(engine, {"epoch": epoch, "val/f1": value, **record_extra})
         if answer is not None:
@@ -166,11 +166,13 @@ def test_median_pruner_stops_a_trial_below_the_median_after_its_warmup():
     assert answer is None and study._storage.get_trial(trial._trial_id).user_attrs == {}
 
 
-def test_a_record_with_a_step_is_reported_at_that_step():
+def test_a_run_validating_inside_epochs_reports_at_the_optimizer_step_else_at_the_epoch():
     study = optuna.create_study(direction="minimize", pruner=make_pruner("median", MedianPrunerConf(n_startup_trials=0),
                                                                           HyperbandPrunerConf()))
-    answer, trial = report_epochs(study, [0.5], step=40)
+    answer, trial = report_epochs(study, [0.5], inside_epochs=True, step=40)
     assert answer is None and study._storage.get_trial(trial._trial_id).intermediate_values == {40: 0.5}
+    answer, trial = report_epochs(study, [0.5, 0.4], step=40)  # once per epoch: n_warmup_steps counts epochs
+    assert answer is None and study._storage.get_trial(trial._trial_id).intermediate_values == {1: 0.5, 2: 0.4}
 
 
 def test_hyperband_pruner_stops_trials_worse_than_those_before_them():
