@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+from trainer.engine.hooks import Callback
 from trainer.errors import UserError
 from trainer.reporting import plots
 from trainer.reporting.tables import format_value
@@ -23,17 +24,6 @@ log = logging.getLogger("trainer")
 
 STEPS_CSV = "metrics_steps.csv"
 STEP_COLUMNS = ("step", "epoch", "train/loss", "lr", "grad_norm")  # as trainer/step_scalars.py writes them
-
-
-class Callback:
-    def on_fit_start(self, engine, train_batches: int, val_batches: int) -> None: ...
-    def on_epoch_start(self, engine, epoch: int) -> None: ...
-    def on_batch_end(self, engine, stage: str) -> None: ...
-    def on_epoch_end(self, engine, record: Dict[str, float], improved: bool) -> None: ...
-    def on_train_steps(self, engine, rows: List[Dict[str, float]]) -> None: ...
-    def on_fit_end(self, engine, summary: Dict[str, Any]) -> None: ...
-    # the run is over, its end-of-run reports written (or it failed): called by `python -m trainer` once fit began
-    def on_run_end(self, engine) -> None: ...
 
 
 class EpochLog(Callback):

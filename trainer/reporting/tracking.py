@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
+from trainer.engine.hooks import Callback
 from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
@@ -28,16 +29,8 @@ TAG_LENGTH = 8000  # MLflow's limit on a tag's value
 PIP_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # import name -> the extra of pyproject.toml
 
 
-class Tracker:
-    """A callback of the Engine (the interface of trainer.reporting.callbacks.Callback, which imports this module)."""
-
-    def on_fit_start(self, engine, train_batches: int, val_batches: int) -> None: ...
-    def on_epoch_start(self, engine, epoch: int) -> None: ...
-    def on_batch_end(self, engine, stage: str) -> None: ...
-    def on_epoch_end(self, engine, record: Dict[str, float], improved: bool) -> None: ...
-    def on_train_steps(self, engine, rows: List[Dict[str, float]]) -> None: ...
-    def on_fit_end(self, engine, summary: Dict[str, Any]) -> None: ...
-    def on_run_end(self, engine) -> None: ...
+class Tracker(Callback):
+    """A callback of the Engine (the events of engine.hooks.Callback)."""
 
 
 @dataclass
