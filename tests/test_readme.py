@@ -47,7 +47,7 @@ SKIPPED: Dict[str, str] = {
     "python scripts/bench_engine.py --workload resnet50": "a benchmark meant for a GPU",
     "python scripts/bench_startup.py": "a benchmark of start-up times, repeated many times",
     "python scripts/bench_loader.py": "a benchmark, interleaved repeated epochs over 2,000 JPEGs",
-    "python scripts/bench_metrics.py --threads 1": "a benchmark, minutes (the scikit-learn reference at 50,000 x 1,000)",
+    "python scripts/bench_metrics.py --threads 1 --sizes 50000x1000 --old-repeats 1": "a benchmark, minutes (the scikit-learn reference at 50,000 x 1,000)",
     "python scripts/bench_image_cache.py": "a benchmark, a generated folder and repeated epochs",
     "python scripts/bench_pruning.py --trials 10 --epochs 4 trainer.limit_train_batches=5 hydra.sweeper.median.n_startup_trials=3":
         "a benchmark: two 10-trial searches",
