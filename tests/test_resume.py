@@ -205,3 +205,40 @@ def test_weights_of_another_architecture_are_named(trained_run, cli, tmp_path):
     assert result.returncode == 2
     assert "do not fit this model" in result.stderr and "shape mismatches" in result.stderr
     assert "file (32, 1, 3, 3) vs model (16, 1, 3, 3)" in result.stderr
+
+
+# keys the schema gained after checkpoints of earlier versions were written
+ADDED_LATER = {"trainer": ("val_every_n_epochs", "val_check_interval", "max_steps", "log_every_n_steps"),
+               "data": ("cache", "cache_dir")}
+
+
+def test_a_stored_config_gets_only_the_keys_it_lacks():
+    from trainer.config.schema import with_current_defaults
+
+    stored = {"data": {"name": "image_folder", "root": "/d", "batch_size": 7}, "trainer": {"max_epochs": 3},
+              "checkpoint": {"save_top_k": 2}, "seed": 5}
+    filled = with_current_defaults(stored)
+    assert filled["data"]["cache"] == "auto" and filled["data"]["cache_dir"] is None and filled["data"]["batch_size"] == 7
+    assert filled["trainer"]["max_steps"] is None and filled["trainer"]["max_epochs"] == 3
+    assert filled["checkpoint"] == {"save_top_k": 2} and filled["seed"] == 5
+    assert stored["data"] == {"name": "image_folder", "root": "/d", "batch_size": 7}  # the stored dict is not changed
+
+
+def test_a_checkpoint_of_an_earlier_version_still_evaluates_and_resumes(trained_run, tmp_path):
+    """A checkpoint written before keys were added to the schema is not refused for lacking them."""
+    import shutil
+
+    run_dir = tmp_path / "old_run"
+    shutil.copytree(trained_run, run_dir)
+    for name in ("best.ckpt", "last.ckpt"):
+        path = run_dir / "checkpoints" / name
+        ckpt = torch.load(path, weights_only=True)
+        for section, keys in ADDED_LATER.items():
+            for key in keys:
+                ckpt["config"][section].pop(key, None)
+        torch.save(ckpt, path)
+    evaluated = run_module("trainer.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    resumed = run_module("trainer", f"resume={run_dir}", "trainer.max_epochs=4", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [int(row["epoch"]) for row in read_csv(run_dir / "metrics.csv")] == [1, 2, 3, 4]

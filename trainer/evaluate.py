@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from trainer.config.schema import CONF_DIR, register_configs
+from trainer.config.schema import CONF_DIR, register_configs, with_current_defaults
 from trainer.errors import UserError, reported_as_exit
 from trainer.run.command_line import print_command_help
 
@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
     missing = [key for key in REQUIRED_KEYS if not (isinstance(ckpt, dict) and key in ckpt)]
     if missing:
         raise UserError(f"'{path}' is not a trainer checkpoint (missing: {', '.join(missing)})")
-    run_cfg = OmegaConf.create(ckpt["config"])
+    run_cfg = OmegaConf.create(with_current_defaults(ckpt["config"]))
     # The checkpoint holds the weights: never fetch pretrained ones or read the original weights file again.
     run_cfg.model.weights = None
     if "pretrained" in run_cfg.model:

@@ -15,7 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from trainer.config.schema import CONF_DIR, register_configs
+from trainer.config.schema import CONF_DIR, register_configs, with_current_defaults
 from trainer.errors import reported_as_exit
 from trainer.run.command_line import print_command_help
 
@@ -87,7 +87,7 @@ def export(cfg: DictConfig) -> dict:
     missing = [key for key in REQUIRED_KEYS if not (isinstance(ckpt, dict) and key in ckpt)]
     if missing:
         raise UserError(f"'{path}' is not a trainer checkpoint (missing: {', '.join(missing)})")
-    run_cfg = OmegaConf.create(ckpt["config"])
+    run_cfg = OmegaConf.create(with_current_defaults(ckpt["config"]))
     run_cfg.model.weights = None  # the checkpoint holds the weights: never read pretrained ones or the original file
     if "pretrained" in run_cfg.model:
         run_cfg.model.pretrained = False

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.checkpointing.checkpoint import chosen_by_ema, chosen_weights, load_model_state, read_checkpoint
+from trainer.config.schema import with_current_defaults
 from trainer.errors import UserError
 from trainer.parts.models import build_model
 from trainer.run import checks
@@ -68,7 +69,7 @@ def from_checkpoint(path: str, device: torch.device) -> InferenceModel:
     missing = [key for key in CHECKPOINT_KEYS if not (isinstance(ckpt, dict) and key in ckpt)]
     if missing:
         raise UserError(f"'{path}' is not a trainer checkpoint (missing: {', '.join(missing)})")
-    run_cfg = OmegaConf.create(ckpt["config"])
+    run_cfg = OmegaConf.create(with_current_defaults(ckpt["config"]))
     class_names = [str(name) for name in ckpt["class_names"]]
     regression = run_cfg.get("task", "classification") == "regression"
 

@@ -3,6 +3,7 @@
 import os
 from typing import Any, Dict, Sequence, Tuple
 
+from trainer.config.schema import with_current_defaults
 from trainer.engine.place import current_place
 from trainer.errors import UserError
 
@@ -53,7 +54,7 @@ def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str) -> Tuple
                 f"{', '.join(RESUMABLE_OVERRIDES)}"
             )
         given[key] = OmegaConf.select(cfg, key)
-    stored = OmegaConf.create(state["config"])
+    stored = OmegaConf.create(with_current_defaults(state["config"]))
     for key, value in given.items():
         OmegaConf.update(stored, key, value)
     stored.resume = cfg.resume
