@@ -4,8 +4,9 @@ only names its schema (`- /<group>_<option>_schema@_here_`), so a misspelt key o
 type fails when Hydra composes the config. Imports nothing heavy.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -339,3 +340,14 @@ SCHEMAS = {
 
 # --- logger: where a run's numbers go besides metrics.csv and curves.png (one key per option) ---
 SCHEMAS["logger"] = LOGGER_SCHEMAS
+
+
+def field_defaults(schema) -> Dict[str, Any]:
+    """The defaults a schema dataclass states; keys it leaves MISSING (a dataset's root) are left out."""
+    values = {}
+    for f in dataclasses.fields(schema):
+        if f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+        elif f.default is not dataclasses.MISSING and f.default != MISSING:
+            values[f.name] = f.default
+    return values

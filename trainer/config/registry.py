@@ -6,7 +6,7 @@ Configs never name import paths: a YAML value can only pick among registered bui
 import inspect
 from typing import Any, Callable, Dict, Mapping
 
-from trainer.config.options import SCHEMAS
+from trainer.config.options import SCHEMAS, field_defaults
 from trainer.errors import UserError
 
 
@@ -65,14 +65,4 @@ def schema_defaults(group: str, option: str) -> Dict[str, Any]:
     """The config of one option as its schema states it (`name` included), for code that builds a part
     without composing a config (tests, benchmarks): `build(DATASETS, {**schema_defaults("data", "csv"),
     "csv": path})`. Keys the schema leaves MISSING (a dataset's root) are left out: the caller gives them."""
-    import dataclasses
-
-    from omegaconf import MISSING
-
-    values = {}
-    for field in dataclasses.fields(SCHEMAS[group][option]):
-        if field.default_factory is not dataclasses.MISSING:
-            values[field.name] = field.default_factory()
-        elif field.default is not dataclasses.MISSING and field.default != MISSING:
-            values[field.name] = field.default
-    return values
+    return field_defaults(SCHEMAS[group][option])

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from trainer.config.options import SCHEMAS
+from trainer.config.options import SCHEMAS, field_defaults
 
 
 # The YAML config tree. An absolute path: Hydra resolves a relative one against the calling module,
@@ -133,22 +133,11 @@ def with_current_defaults(stored: Dict[str, Any]) -> Dict[str, Any]:
     """A config stored in a checkpoint, with the keys added to the schema since it was written set to their
     defaults (a run saved before `data.cache` or `trainer.max_steps` existed still evaluates and resumes).
     Only keys the stored config lacks are filled; nothing it holds changes."""
-    import dataclasses
-
-    def defaults(schema) -> Dict[str, Any]:
-        values = {}
-        for f in dataclasses.fields(schema):
-            if f.default_factory is not dataclasses.MISSING:
-                values[f.name] = f.default_factory()
-            elif f.default is not dataclasses.MISSING and f.default is not MISSING and not dataclasses.is_dataclass(f.default):
-                values[f.name] = f.default
-        return values
-
     filled = dict(stored)
     sections = {"trainer": TrainerSettings, "checkpoint": CheckpointSettings}
     data = stored.get("data") or {}
     if data.get("name") in SCHEMAS["data"]:  # the data options are named by their option
         sections["data"] = SCHEMAS["data"][data["name"]]
     for key, schema in sections.items():
-        filled[key] = {**defaults(schema), **(stored.get(key) or {})}
+        filled[key] = {**field_defaults(schema), **(stored.get(key) or {})}
     return filled
