@@ -88,18 +88,12 @@ class EvaluateConfig:
 
 @dataclass
 class PredictConfig:
-    # required: a checkpoint of a data=image_folder or data=csv run, a model trainer.export wrote from one, a run
-    # directory (its checkpoints/best.ckpt), a sweep directory (every job's best.ckpt), or a list of these
-    # ('ckpt_path=[a.ckpt,b.ckpt]'): several models predict as one ensemble
-    ckpt_path: Any = MISSING
+    ckpt_path: Any = MISSING  # required: a checkpoint or exported model, a run dir (its best.ckpt), a sweep dir (each job's best.ckpt) or a list '[a,b]': several = one ensemble
     input: str = MISSING  # required: a folder (every image under it), a CSV with a column of paths, or one image
     output: str = "predictions.csv"  # the CSV written (its folders are created)
     overwrite: bool = False  # an existing output file is refused unless true
-    ensemble: str = "mean"  # mean | geometric (mean of log-probabilities, renormalised): several models' probabilities, each after its own TTA; regression: mean of the values
-    # none | flip (the image and its mirror) | flip+shift (those two and the image translated by tta_shift pixels
-    # right, left, down and up, reflect-padded) | five_crop (evaluation's resize, then torchvision's FiveCrop at the
-    # input size instead of the center crop): the mean of the views' probabilities (regression: values)
-    tta: str = "none"
+    ensemble: str = "mean"  # mean | geometric (mean of log-probabilities, renormalised) of the models' probabilities, each after its TTA; regression: mean
+    tta: str = "none"  # none | flip (+ mirror) | flip+shift (+ the image moved tta_shift px right, left, down, up, reflect-padded) | five_crop (FiveCrop after the resize)
     tta_shift: int = 4  # flip+shift: the translation in pixels of the model's input
     batch_size: int = 64  # images per forward pass
     num_workers: Optional[int] = None  # null: one per CPU core this process may use
@@ -108,18 +102,14 @@ class PredictConfig:
     image_dir: Optional[str] = None  # CSV input: the paths are relative to it (null: the CSV's folder)
     path_suffix: Optional[str] = None  # CSV input: appended to each path (null: the training CSV's data.path_suffix, else none)
     skip_bad_files: bool = False  # true: leave out unreadable images with a warning instead of stopping
-    # --- submission format (rows follow a CSV input's order) ---
-    id_column: Optional[str] = None  # the id column's header; null: "path", or the input CSV's path column
-    # path (relative to the input folder, or the CSV's value as written) | name (file name) | stem (file name
-    # without extension) | column (the input CSV's column input_id_column)
-    id_values: str = "path"
+    # the submission format; rows follow a CSV input's order
+    id_column: Optional[str] = None  # the id column's header; null: "path", the input CSV's path column, or input_id_column
+    id_values: str = "path"  # path (as given) | name (file name) | stem (file name without extension) | column (the input CSV's input_id_column)
     input_id_column: Optional[str] = None  # id_values=column: the input CSV's column whose values are the ids
     label_column: Optional[str] = None  # the predicted label's header; null: "prediction"
     labels: str = "name"  # name (the class name) | index (the class index, 0-based)
     probabilities: bool = True  # one probability column per class after the label
-    # a leaderboard's sample submission CSV: the output takes its column names (first: ids; then one label column,
-    # or one column per class name for probabilities) and its row order; ids it and the input do not share are refused
-    sample_submission: Optional[str] = None
+    sample_submission: Optional[str] = None  # a CSV whose columns (ids, then a label and/or class columns) and row order the output takes
 
 
 @dataclass
