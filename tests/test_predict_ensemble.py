@@ -257,3 +257,30 @@ def test_a_sample_submission_whose_ids_differ_is_refused_before_predicting(tmp_p
     assert (f"sample_submission={sample} does not match the input: 1 of its 4 ids are not among the input's (first: "
             f"'9999'); 1 input image id(s) are not in it (first: '{stems[0]}')") in str(refused.value)
     assert not output.exists()
+
+
+def regression_checkpoint(path: Path, seed: int) -> Path:
+    """A regression checkpoint with a freshly initialised small cnn: real weights, no training needed to
+    check how several models' values are combined."""
+    from trainer.parts.models import build_model
+
+    model_cfg = {"name": "cnn", "width": 8, "dropout": 0.0, "norm": "batch", "weights": None}
+    torch.manual_seed(seed)
+    model = build_model(dict(model_cfg), in_chans=1, num_classes=1)
+    data = {"name": "image_folder", "root": "unused", "channels": 1, "image_size": 16, "mean": [0.5], "std": [0.5],
+            "interpolation": "bilinear", "crop_pct": 0.75}
+    torch.save({"model": model.state_dict(), "class_names": CLASSES,
+                "config": {"task": "regression", "data": data, "model": model_cfg}}, path)
+    return path
+
+
+def test_a_regression_ensemble_writes_the_mean_of_the_values(tmp_path, few_images):
+    a, b = regression_checkpoint(tmp_path / "a.ckpt", 0), regression_checkpoint(tmp_path / "b.ckpt", 1)
+    values = []
+    for name, ckpt in (("a", a), ("b", b), ("ab", f"[{a},{b}]")):
+        predict(f"ckpt_path={ckpt}", f"input={few_images}", f"output={tmp_path / name}.csv", "tta=flip")
+        values.append(np.array([float(row["prediction"]) for row in read_csv(tmp_path / f"{name}.csv")]))
+    assert np.abs(values[0] - values[1]).max() > 1e-3  # two different models
+    np.testing.assert_allclose(values[2], (values[0] + values[1]) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="ensemble=geometric averages log-probabilities, which a task=regression model"):
+        predict(f"ckpt_path=[{a},{b}]", f"input={few_images}", "ensemble=geometric")
