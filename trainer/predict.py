@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from trainer.config.schema import CONF_DIR, register_configs
 from trainer.deployment import submission
-from trainer.deployment.ensemble import ENSEMBLES, check_agreement, model_paths
+from trainer.deployment.ensemble import ENSEMBLES, model_paths
 from trainer.deployment.tta import check_tta
 from trainer.errors import UserError, reported_as_exit
 from trainer.run.command_line import print_command_help
@@ -59,27 +59,18 @@ def predict(cfg: DictConfig) -> str:
 
     from trainer.data import images
     from trainer.data.loaders import available_cpus, seed_worker
-    from trainer.data.transforms import FiveCropTransform, decode_size, eval_transform, resolve_input
-    from trainer.deployment.ensemble import combine
-    from trainer.deployment.inference_model import load_inference_model
+    from trainer.data.transforms import FiveCropTransform, decode_size, eval_transform
+    from trainer.deployment.ensemble import combine, load_sources
     from trainer.deployment.tta import views_mean
     from trainer.errors import UserError
-    from trainer.run import checks, environment
+    from trainer.run import environment
 
     device = environment.resolve_device(cfg.device)
 
     if len(files) > 1 or files[0] != str(cfg.ckpt_path):
         print(f"ckpt_path: {len(files)} model(s): {described_files}")
-    sources = [load_inference_model(path, device) for path in files]  # checkpoints or exported models
-    specs = []
-    for path, source in zip(files, sources):
-        if "channels" not in source.data:
-            raise UserError(f"'{path}' was trained on data={source.data.name}, not on image files, so it has no "
-                            "image transform to predict with; use a checkpoint of a data=image_folder or data=csv run")
-        specs.append(resolve_input(source.model_name, source.data.channels, *(source.data[key] for key in checks.INPUT_KEYS)))
-    check_agreement(files, [{"class names": s.class_names, "task": "regression" if s.regression else "classification",
-                             **{f"data.{key}": value for key, value in spec.items()}} for s, spec in zip(sources, specs)])
-    source, spec = sources[0], specs[0]
+    sources, spec = load_sources(files, device)  # checkpoints or exported models that agree on their inputs and outputs
+    source = sources[0]
     data, class_names, regression = source.data, source.class_names, source.regression
     if regression and cfg.ensemble == "geometric" and len(sources) > 1:
         raise UserError("ensemble=geometric averages log-probabilities, which a task=regression model has not; "
@@ -94,6 +85,7 @@ def predict(cfg: DictConfig) -> str:
     column_values = [column_values[i] for i in kept] if column_values is not None else None
     ids = submission.input_ids(cfg, paths, shown, column_values)
     submission.row_order(cfg, sample, ids)  # a sample submission that does not match is refused before predicting
+    header, kinds = submission.layout(cfg, sample, path_header, class_names, regression)
     five_crop = cfg.tta == "five_crop"
     dataset = PredictionInputs(paths, FiveCropTransform(spec) if five_crop else eval_transform(spec), data.channels,
                                spec["image_size"], decode_size(spec), spec["interpolation"], crops=5 if five_crop else 0)
@@ -123,7 +115,6 @@ def predict(cfg: DictConfig) -> str:
         print(f"warning: left out {len(unreadable)} image file(s) that could not be decoded, the first: {first}")
     keep = [i for i in range(len(paths)) if not failures[i]]
     order = [keep[j] for j in submission.row_order(cfg, sample, [ids[i] for i in keep])]
-    header, kinds = submission.layout(cfg, sample, path_header, class_names, regression)
     write_rows(cfg.output, header, submission.submission_rows(cfg, ids, order, results, class_names, regression, kinds))
     what = "predicted values" if regression else f"{len(class_names)} classes"
     models = f", ensemble={cfg.ensemble} of {len(sources)} models" if len(sources) > 1 else source.described

@@ -55,6 +55,27 @@ def entry_paths(entry: str) -> Tuple[List[str], str]:
     return [os.path.join(entry, job, BEST) for job in jobs], f"{entry} (a sweep: {len(jobs)} jobs' best.ckpt)"
 
 
+def load_sources(paths: Sequence[str], device):
+    """(the InferenceModel of each file, their common input spec): each must have an image transform, and
+    together they must agree (`check_agreement`). Reads the files' settings; no model is built yet."""
+    # heavy (torch, timm): imported here so that the checks above answer without them
+    from trainer.data.transforms import resolve_input
+    from trainer.deployment.inference_model import load_inference_model
+    from trainer.run.checks import INPUT_KEYS
+
+    sources, specs = [load_inference_model(path, device) for path in paths], []
+    for path, source in zip(paths, sources):
+        if "channels" not in source.data:
+            raise UserError(f"'{path}' was trained on data={source.data.name}, not on image files, so it has no "
+                            "image transform to predict with; use a checkpoint of a data=image_folder or data=csv run")
+        specs.append(resolve_input(source.model_name, source.data.channels, *(source.data[key] for key in INPUT_KEYS)))
+    check_agreement(paths, [{"class names": source.class_names,
+                             "task": "regression" if source.regression else "classification",
+                             **{f"data.{key}": value for key, value in spec.items()}}
+                            for source, spec in zip(sources, specs)])
+    return sources, specs[0]
+
+
 def check_agreement(paths: Sequence[str], settings: Sequence[Dict[str, Any]]) -> None:
     """Refuse models that would need different inputs or name different outputs: one message naming the
     first setting they disagree on and which files hold which value."""
