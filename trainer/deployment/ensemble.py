@@ -29,7 +29,7 @@ def model_paths(ckpt_path: Any) -> Tuple[List[str], str]:
         found, what = entry_paths(str(entry))
         paths += found
         described.append(what)
-    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    repeated = sorted({p for p in paths if paths.count(p) > 1})  # a handful of files: counting is cheap
     if repeated:
         raise UserError(f"ckpt_path names '{repeated[0]}' more than once; an ensemble counts each model once")
     return paths, "; ".join(described)

@@ -12,6 +12,7 @@ The settings are checked (and the CSVs' headers read) before torch is imported.
 
 import csv
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -67,15 +68,14 @@ def check_format(cfg) -> Optional[Sample]:
         raise UserError(f"sample_submission={cfg.sample_submission} needs a header of at least two columns (the ids, then "
                         f"a label column or one column per class) and one row per id; it has columns "
                         f"[{', '.join(columns)}] and {len(rows)} row(s)")
-    for key, value, expected in (("id_column", cfg.id_column, columns[0]), ("label_column", cfg.label_column, None)):
-        if value is not None and expected is not None and value != expected:
-            raise UserError(f"{key}={value} differs from sample_submission's id column '{expected}'; leave {key} out "
-                            "(the sample names it) or make them agree")
-    if cfg.label_column is not None and cfg.label_column not in columns:
+    if cfg.id_column is not None and cfg.id_column != columns[0]:
+        raise UserError(f"id_column={cfg.id_column} differs from sample_submission's id column '{columns[0]}'; leave "
+                        "id_column out (the sample names it) or make them agree")
+    if cfg.label_column is not None and cfg.label_column not in columns[1:]:
         raise UserError(f"label_column={cfg.label_column} is not a column of sample_submission={cfg.sample_submission} "
                         f"({', '.join(columns)}); leave it out (the sample names it) or make them agree")
     ids = [(row.get(columns[0]) or "").strip() for row in rows]
-    repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    repeated = [name for name, count in Counter(ids).items() if count > 1]
     if repeated:
         raise UserError(f"sample_submission={cfg.sample_submission} lists id '{repeated[0]}' more than once")
     return Sample(cfg.sample_submission, columns, ids)
