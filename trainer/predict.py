@@ -4,10 +4,12 @@ One row per image: its path, the predicted class and the probability of every cl
 `task=regression` checkpoint, its path and the predicted value. Model, classes and the evaluation
 transform come from the checkpoint alone (its stored config, class names and the weights it was
 chosen by: the EMA when the run monitored `val_ema/...`). `tta=flip` averages the probabilities
-(or values) of each image and its mirror image.
+(or values) of each image and its mirror image; `flip+shift` and `five_crop` add views (deployment.tta).
 
 `ckpt_path` may also be a model `python -m trainer.export` wrote (ONNX or TorchScript, with its JSON
 beside it): the same CSV, from onnxruntime or torch.jit instead of the checkpoint (`inference_model`).
+A run directory, a sweep directory or a list names several models: one ensemble (deployment.ensemble).
+The ids, label and probability columns and the row order follow the submission settings (deployment.submission).
 """
 
 import sys
@@ -16,16 +18,18 @@ import hydra
 from omegaconf import DictConfig
 
 from trainer.config.schema import CONF_DIR, register_configs
+from trainer.deployment import submission
+from trainer.deployment.ensemble import ENSEMBLES, model_paths
+from trainer.deployment.tta import check_tta
 from trainer.errors import UserError, reported_as_exit
 from trainer.run.command_line import print_command_help
 
 register_configs()
 
-TTA_MODES = ("none", "flip")
 
-
-def check_request(cfg: DictConfig) -> None:
-    """What can be refused before loading torch and the checkpoint."""
+def check_request(cfg: DictConfig):
+    """What can be refused before loading torch and the checkpoints: (the model files, what they are, the sample
+    submission or None)."""
     import os
 
     from omegaconf import OmegaConf
@@ -34,62 +38,71 @@ def check_request(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg, key):
             raise UserError(f"{key} is required: python -m trainer.predict ckpt_path=<run>/checkpoints/best.ckpt "
                             "input=<folder, CSV or image> output=predictions.csv")
-    if cfg.tta not in TTA_MODES:
-        raise UserError(f"tta={cfg.tta} is not valid; use one of: {', '.join(TTA_MODES)}")
+    check_tta(cfg.tta, cfg.tta_shift)
+    if cfg.ensemble not in ENSEMBLES:
+        raise UserError(f"ensemble={cfg.ensemble} is not valid; use one of: {', '.join(ENSEMBLES)}")
     if cfg.batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size} is not valid; use an integer >= 1")
     if cfg.num_workers is not None and cfg.num_workers < 0:
         raise UserError(f"num_workers={cfg.num_workers} is not valid; use 0 (load in the main process) or more")
     if os.path.exists(cfg.output) and not cfg.overwrite:
         raise UserError(f"output={cfg.output} already exists; choose another file, or set overwrite=true to replace it")
+    files, described = model_paths(cfg.ckpt_path)
+    return files, described, submission.check_format(cfg)
 
 
 def predict(cfg: DictConfig) -> str:
-    check_request(cfg)
+    files, described_files, sample = check_request(cfg)
 
     # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
     import torch
 
     from trainer.data import images
     from trainer.data.loaders import available_cpus, seed_worker
-    from trainer.data.transforms import decode_size, eval_transform, resolve_input
-    from trainer.deployment.inference_model import load_inference_model
+    from trainer.data.transforms import FiveCropTransform, decode_size, eval_transform
+    from trainer.deployment.ensemble import combine, load_sources
+    from trainer.deployment.tta import views_mean
     from trainer.errors import UserError
-    from trainer.run import checks, environment
+    from trainer.run import environment
 
     device = environment.resolve_device(cfg.device)
 
-    source = load_inference_model(cfg.ckpt_path, device)  # a checkpoint or an exported model
-    data = source.data
-    if "channels" not in data:
-        raise UserError(f"'{cfg.ckpt_path}' was trained on data={data.name}, not on image files, so it has no "
-                        "image transform to predict with; use a checkpoint of a data=image_folder or data=csv run")
-    class_names = source.class_names
+    if len(files) > 1 or files[0] != str(cfg.ckpt_path):
+        print(f"ckpt_path: {len(files)} model(s): {described_files}")
+    sources, spec = load_sources(files, device)  # checkpoints or exported models that agree on their inputs and outputs
+    source = sources[0]
+    data, class_names, regression = source.data, source.class_names, source.regression
+    if regression and cfg.ensemble == "geometric" and len(sources) > 1:
+        raise UserError("ensemble=geometric averages log-probabilities, which a task=regression model has not; "
+                        "use ensemble=mean (the mean of the values)")
 
-    paths, shown, path_header = list_inputs(cfg, data)
-    paths, shown = images.drop_bad_files(paths, shown, cfg.skip_bad_files, f"input={cfg.input}", skip_key="skip_bad_files")
-    if not paths:
+    paths, shown, path_header, column_values = list_inputs(cfg, data)
+    kept = images.drop_bad_files(paths, list(range(len(paths))), cfg.skip_bad_files, f"input={cfg.input}",
+                                 skip_key="skip_bad_files")[1]
+    if not kept:
         raise UserError(f"input={cfg.input}: no readable image is left to predict")
-    spec = resolve_input(source.model_name, data.channels, *(data[key] for key in checks.INPUT_KEYS))
-    dataset = PredictionInputs(paths, eval_transform(spec), data.channels, spec["image_size"], decode_size(spec),
-                               spec["interpolation"])
+    paths, shown = [paths[i] for i in kept], [shown[i] for i in kept]
+    column_values = [column_values[i] for i in kept] if column_values is not None else None
+    ids = submission.input_ids(cfg, paths, shown, column_values)
+    submission.row_order(cfg, sample, ids)  # a sample submission that does not match is refused before predicting
+    header, kinds = submission.layout(cfg, sample, path_header, class_names, regression)
+    five_crop = cfg.tta == "five_crop"
+    dataset = PredictionInputs(paths, FiveCropTransform(spec) if five_crop else eval_transform(spec), data.channels,
+                               spec["image_size"], decode_size(spec), spec["interpolation"], crops=5 if five_crop else 0)
     workers = available_cpus() if cfg.num_workers is None else cfg.num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
         worker_init_fn=seed_worker if workers > 0 else None,
     )
 
-    regression = source.regression
-    outputs = source.load()  # probabilities, or a regression model's values
+    runners = [s.load() for s in sources]  # each a function from a batch to probabilities, or regression values
 
     results, failures = [], []
     with torch.inference_mode():
         for batch, reasons in loader:
             batch = batch.to(device, non_blocking=device.type == "cuda")
-            out = outputs(batch)
-            if cfg.tta == "flip":
-                out = (out + outputs(torch.flip(batch, dims=[3]))) / 2
-            results.append(out.cpu())
+            outputs = [views_mean(run, batch, cfg.tta, cfg.tta_shift) for run in runners]
+            results.append(combine(outputs, cfg.ensemble, regression).cpu())
             failures += list(reasons)
     results = torch.cat(results).numpy()
 
@@ -101,19 +114,17 @@ def predict(cfg: DictConfig) -> str:
                             "Remove or replace them, or set skip_bad_files=true to leave them out")
         print(f"warning: left out {len(unreadable)} image file(s) that could not be decoded, the first: {first}")
     keep = [i for i in range(len(paths)) if not failures[i]]
-    names = [shown[i] for i in keep]
-    if regression:
-        write_rows(cfg.output, [path_header, "prediction"], ([n, f"{v:.6g}"] for n, v in zip(names, results[keep, 0])))
-        what = "predicted values"
-    else:
-        write_predictions(cfg.output, path_header, names, results[keep], class_names)
-        what = f"{len(class_names)} classes"
-    print(f"written: {cfg.output} ({len(keep)} images, {what}, tta={cfg.tta}{source.described})")
+    order = [keep[j] for j in submission.row_order(cfg, sample, [ids[i] for i in keep])]
+    write_rows(cfg.output, header, submission.submission_rows(cfg, ids, order, results, class_names, regression, kinds))
+    what = "predicted values" if regression else f"{len(class_names)} classes"
+    models = f", ensemble={cfg.ensemble} of {len(sources)} models" if len(sources) > 1 else source.described
+    print(f"written: {cfg.output} ({len(keep)} images, {what}, tta={cfg.tta}{models})")
     return cfg.output
 
 
 def list_inputs(cfg: DictConfig, data: DictConfig):
-    """(image paths, the names written in the output, the output's first column header)."""
+    """(image paths, the names written in the output, the output's first column header, the values of the input
+    CSV's input_id_column or None)."""
     import os
 
     # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
@@ -124,15 +135,18 @@ def list_inputs(cfg: DictConfig, data: DictConfig):
         paths = images.images_under(source)
         if not paths:
             raise UserError(f"input={source} holds no image files (extensions: {' '.join(images.image_extensions())})")
-        return paths, [os.path.relpath(p, source) for p in paths], "path"
+        return paths, [os.path.relpath(p, source) for p in paths], "path", None
     if os.path.isfile(source) and source.lower().endswith(".csv"):
         trained_on_csv = data.name == "csv"
         column = cfg.path_column or (data.path_column if trained_on_csv else "path")
         suffix = cfg.path_suffix if cfg.path_suffix is not None else (data.path_suffix if trained_on_csv else "")
         paths, _, names = images.scan_csv(source, cfg.image_dir, column, None, suffix, key="input")
-        return paths, names, column
+        values = None
+        if cfg.id_values == "column":  # the column's presence was checked before torch
+            values = images.csv_column(images.read_csv_rows(source, "input")[0], cfg.input_id_column, source)
+        return paths, names, column, values
     if os.path.isfile(source) and images.is_image_file(source):
-        return [source], [source], "path"
+        return [source], [source], "path", None
     if not os.path.exists(source):
         raise UserError(f"input={source} does not exist")
     raise UserError(f"input={source} is neither a folder, a .csv file nor an image file")
@@ -142,11 +156,11 @@ class PredictionInputs:
     """(transformed image, "") per file, or (zeros, why it failed): a decode failure is reported in
     the main process, which knows the path, instead of as a worker's traceback."""
 
-    def __init__(self, paths, transform, channels: int, image_size: int, decode_size: int, fit: str):
+    def __init__(self, paths, transform, channels: int, image_size: int, decode_size: int, fit: str, crops: int = 0):
         # decoded as validation decodes (trainer.data.images.load_image with `fit`), so predictions match evaluate's
         self.paths, self.transform, self.decode_size, self.fit = paths, transform, decode_size, fit
         self.mode = "L" if channels == 1 else "RGB"
-        self.shape = (channels, image_size, image_size)
+        self.shape = (crops,) * bool(crops) + (channels, image_size, image_size)  # crops: five_crop's stacked views
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -161,15 +175,6 @@ class PredictionInputs:
             return self.transform(load_image(self.paths[index], self.mode, decode_size=self.decode_size, fit=self.fit)), ""
         except UnreadableImage as err:
             return torch.zeros(self.shape), err.reason
-
-
-def write_predictions(path: str, path_header: str, names, prob, class_names) -> None:
-    """One row per image: its name, the most probable class and every class's probability."""
-    columns = list(class_names)
-    if set(columns) & {path_header, "prediction"}:  # a class called "path" would hide a column
-        columns = [f"prob_{name}" for name in class_names]
-    rows = ([name, class_names[int(row.argmax())], *(f"{p:.6g}" for p in row)] for name, row in zip(names, prob))
-    write_rows(path, [path_header, "prediction", *columns], rows)
 
 
 def write_rows(path: str, header, rows) -> None:

@@ -88,11 +88,13 @@ class EvaluateConfig:
 
 @dataclass
 class PredictConfig:
-    ckpt_path: str = MISSING  # required: a checkpoint of a data=image_folder or data=csv run, or a model trainer.export wrote from one
+    ckpt_path: Any = MISSING  # required: a checkpoint or exported model, a run dir (its best.ckpt), a sweep dir (each job's best.ckpt) or a list '[a,b]': several = one ensemble
     input: str = MISSING  # required: a folder (every image under it), a CSV with a column of paths, or one image
     output: str = "predictions.csv"  # the CSV written (its folders are created)
     overwrite: bool = False  # an existing output file is refused unless true
-    tta: str = "none"  # none | flip: average the probabilities (regression: the values) of each image and its mirror
+    ensemble: str = "mean"  # mean | geometric (mean of log-probabilities, renormalised) of the models' probabilities, each after its TTA; regression: mean
+    tta: str = "none"  # none | flip (+ mirror) | flip+shift (+ the image moved tta_shift px right, left, down, up, reflect-padded) | five_crop (FiveCrop after the resize)
+    tta_shift: int = 4  # flip+shift: the translation in pixels of the model's input
     batch_size: int = 64  # images per forward pass
     num_workers: Optional[int] = None  # null: one per CPU core this process may use
     device: str = "auto"  # auto (a CUDA GPU if there is one, else cpu) | cpu | cuda | cuda:N
@@ -100,6 +102,14 @@ class PredictConfig:
     image_dir: Optional[str] = None  # CSV input: the paths are relative to it (null: the CSV's folder)
     path_suffix: Optional[str] = None  # CSV input: appended to each path (null: the training CSV's data.path_suffix, else none)
     skip_bad_files: bool = False  # true: leave out unreadable images with a warning instead of stopping
+    # the submission format; rows follow a CSV input's order
+    id_column: Optional[str] = None  # the id column's header; null: "path", the input CSV's path column, or input_id_column
+    id_values: str = "path"  # path (as given) | name (file name) | stem (file name without extension) | column (the input CSV's input_id_column)
+    input_id_column: Optional[str] = None  # id_values=column: the input CSV's column whose values are the ids
+    label_column: Optional[str] = None  # the predicted label's header; null: "prediction"
+    labels: str = "name"  # name (the class name) | index (the class index, 0-based)
+    probabilities: bool = True  # one probability column per class after the label
+    sample_submission: Optional[str] = None  # a CSV whose columns (ids, then a label and/or class columns) and row order the output takes
 
 
 @dataclass

@@ -91,6 +91,25 @@ def eval_transform(spec: Dict[str, Any]):
     )
 
 
+class FiveCropTransform:
+    """Evaluation's transform with torchvision's FiveCrop (four corners and the center, at image_size) in place of
+    its center crop: the resize, then five crops, each made a tensor and normalised; a tensor (5, C, H, W).
+    A class, not a closure: loader workers may pickle it."""
+
+    def __init__(self, spec: Dict[str, Any]):
+        from torchvision import transforms
+
+        steps = list(eval_transform(spec).transforms)
+        crop = next(i for i, step in enumerate(steps) if isinstance(step, transforms.CenterCrop))
+        self.before, self.after = transforms.Compose(steps[:crop]), transforms.Compose(steps[crop + 1:])
+        self.five = transforms.FiveCrop(spec["image_size"])
+
+    def __call__(self, img):
+        import torch
+
+        return torch.stack([self.after(view) for view in self.five(self.before(img))])
+
+
 def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                     hflip: float = 0.5, vflip: float = 0.0, color_jitter: float = 0.4,
                     auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel",
