@@ -58,12 +58,19 @@ class LimitedLoader:
 
     def __init__(self, loader, count: int):
         self.loader, self.count = loader, count
+        self.start = 0  # the next iteration's first batch (a run resumed inside an epoch)
 
     def __len__(self) -> int:
         return self.count
 
+    def skip_batches(self, n: int) -> None:
+        """The next iteration starts at batch n, through the wrapped loader's sampler (nothing earlier is read)."""
+        self.loader.sampler.skip_batches(n)
+        self.start = n
+
     def __iter__(self):
-        for i, batch in enumerate(self.loader):
+        start, self.start = self.start, 0
+        for i, batch in enumerate(self.loader, start):
             if i >= self.count:
                 break
             yield batch
@@ -91,8 +98,12 @@ class FixedBatches:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def skip_batches(self, n: int) -> None:
+        self.start = n
+
     def __iter__(self):
-        return iter(self.batches)
+        start, self.start = getattr(self, "start", 0), 0
+        return iter(self.batches[start:])
 
     def batch_sizes(self) -> List[int]:
         return [len(batch[1]) for batch in self.batches]

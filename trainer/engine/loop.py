@@ -22,6 +22,7 @@ from trainer.engine.distributed import all_reduce_sum, all_gather_objects, avera
 from trainer.engine.place import Place
 from trainer.engine.run_files import RunFiles
 from trainer.engine.settings import LoopSettings, is_better
+from trainer.engine.step_checkpoints import StepCheckpoints, continue_inside_epoch, write_step_checkpoint
 from trainer.engine.step_scalars import StepScalars, window_loss
 from trainer.engine.step_totals import StepTotals
 from trainer.engine.validation_schedule import TrainSinceRecord, ValidationSchedule
@@ -58,6 +59,7 @@ class Engine:
         callbacks: Sequence[Any] = (),
         place: Optional[Place] = None,
         stop_conditions: Sequence[Any] = (),
+        step_checkpoints: Optional[StepCheckpoints] = None,
     ):
         self.loop = loop or LoopSettings()
         self.place = place or Place()
@@ -80,6 +82,7 @@ class Engine:
         self.callbacks = list(callbacks)
         self.stop_conditions = list(stop_conditions)  # (engine, record) -> None, or (status, reason): the run ends
         self.stop_reason: Optional[str] = None
+        self.step_checkpoints = step_checkpoints or StepCheckpoints(place=self.place)  # last.ckpt inside epochs
         self.non_blocking = device.type == "cuda"
         self.memory_format = torch.channels_last if self.loop.channels_last else torch.contiguous_format
         dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.loop.precision]
@@ -98,7 +101,8 @@ class Engine:
         self.best_epoch: Optional[int] = None
         self.best_step: Optional[int] = None
         self.bad_epochs = 0  # validations (not epochs) since the best one
-        self.inside_epoch = False  # a checkpoint written now cannot be resumed (resume starts epochs afresh)
+        self.inside_epoch = False  # a checkpoint written now is inside an epoch (resumable only with a position)
+        self.position: Optional[Dict[str, Any]] = None  # where in its epoch a step checkpoint is (step_checkpoints.py)
         self.skipped_steps = 0
         self.history: List[Dict[str, float]] = []
         self._train_generator: Optional[torch.Generator] = None  # the training loader's shuffling
@@ -132,7 +136,7 @@ class Engine:
         self._notify("on_fit_start", len(train_loader), len(val_loader))
         status, error = "completed", None
         try:
-            if self.epoch == 0 and self.files.keeps_checkpoints:
+            if self.epoch == 0 and self.position is None and self.files.keeps_checkpoints:
                 self.files.save("last.ckpt", self.state_dict())  # an interruption in epoch 1 resumes from the start
             while not self.validations.run_over(self.epoch, self.optimizer_steps):
                 stopped = self.run_epoch(train_loader, val_loader, self.epoch + 1)
@@ -234,10 +238,12 @@ class Engine:
         defer_sync = accumulate > 1 and hasattr(self.model, "no_sync")
         steps = StepTotals(count_correct=self.since_record.count_correct)  # no accuracy for mixed targets or values
         skip_nonfinite = self.loop.on_nonfinite == "skip"
-        backwards, windows = 0, 0  # micro-batches of the open window that reached backward(); windows closed
+        backwards = 0  # micro-batches of the open window that reached backward()
+        # windows closed, and the first batch: a run resumed inside this epoch does not read the batches done
+        first, windows = continue_inside_epoch(self, steps, loader)
         self.since_record.start(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (inputs, targets) in enumerate(loader):
+        for i, (inputs, targets) in enumerate(loader, first):
             inputs, targets = self._to_device(inputs, targets)
             loss_targets = targets if self.target_values is None else self.target_values[targets]
             if self.mixup is not None:  # soft targets for the configured loss (every loss has a soft form)
@@ -272,6 +278,8 @@ class Engine:
                 steps = StepTotals(steps.count_correct, first_step=i + 1)
                 self.since_record.start(self.optimizer.param_groups[0]["lr"])
                 self.model.train()  # validation left it in eval mode
+            if i < num_batches - 1 and self.step_checkpoints.active:
+                write_step_checkpoint(self, steps, epoch, i + 1, windows)
         self.since_record.add(self._train_totals(steps, epoch, skip_nonfinite, num_batches))
         yield True
 

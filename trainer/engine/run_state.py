@@ -26,7 +26,8 @@ def state_of(engine) -> Dict[str, Any]:
         "best_epoch": engine.best_epoch,
         "best_step": engine.best_step,
         "bad_epochs": engine.bad_epochs,
-        "mid_epoch": engine.inside_epoch,  # a best or top-k checkpoint of a validation inside an epoch: not resumable
+        "mid_epoch": engine.inside_epoch,  # inside an epoch: resumable only with its epoch_position (last.ckpt)
+        "epoch_position": engine.position,  # a step checkpoint's place in its epoch (engine/step_checkpoints.py)
         "since_record": engine.since_record.state(),
         "skipped_steps": engine.skipped_steps,
         "top_k": engine.files.top_k,
@@ -48,6 +49,7 @@ def load_into(engine, state: Dict[str, Any]) -> None:
     for key in ("epoch", "optimizer_steps", "best_value", "best_epoch", "bad_epochs", "skipped_steps", "history"):
         setattr(engine, key, state[key])
     engine.best_step = state.get("best_step")
+    engine.position = state.get("epoch_position")  # the epoch continues from there
     engine.since_record.load(state.get("since_record"), engine.device)
     engine.files.top_k = state["top_k"]
     ranks = state.get("rank_rng") or []  # a rank the checkpoint lacks (more processes) keeps its fresh seeding
