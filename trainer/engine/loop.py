@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from trainer.checkpointing.checkpoint import monitors_ema, set_rng_state
-from trainer.data.batches import accumulation_scales, loader_batch_sizes
+from trainer.data.batches import accumulation_scales, loader_batch_sizes, loader_global_sizes
+from trainer.data.sampling import training_order
 from trainer.engine import run_state
 from trainer.engine.distributed import all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.engine.place import Place
@@ -105,8 +106,7 @@ class Engine:
         self.position: Optional[Dict[str, Any]] = None  # where in its epoch a step checkpoint is (step_checkpoints.py)
         self.skipped_steps = 0
         self.history: List[Dict[str, float]] = []
-        self._train_generator: Optional[torch.Generator] = None  # the training loader's shuffling
-        self._resumed_rng: Optional[tuple] = None
+        self._resumed_rng: Optional[dict] = None
         # Validation outputs (logits, targets) of the last epoch by prefix ("val/", "val_ema/"), and those of
         # the best epoch's chosen weights (as in best.ckpt), on every rank: the end-of-run report needs no file.
         self.last_outputs: Dict[str, tuple] = {}
@@ -126,12 +126,8 @@ class Engine:
 
     # --- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader, val_loader) -> Dict[str, Any]:
-        self._train_generator = getattr(train_loader, "generator", None)
         if self._resumed_rng is not None:  # exactly where the checkpoint left every random stream
-            generators, loader_state = self._resumed_rng
-            set_rng_state(generators)
-            if loader_state is not None and self._train_generator is not None:
-                self._train_generator.set_state(loader_state)
+            set_rng_state(self._resumed_rng)
         self.validations = ValidationSchedule.of(self.loop, len(train_loader))
         self._notify("on_fit_start", len(train_loader), len(val_loader))
         status, error = "completed", None
@@ -160,9 +156,9 @@ class Engine:
         """Train `epoch`, validating where the schedule says; the status when the run stops there (early stopping,
         or a stop condition), else None."""
         self._notify("on_epoch_start", epoch)
-        sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # DistributedSampler: a new permutation each epoch
+        order = training_order(train_loader)
+        if order is not None:
+            order.set_epoch(epoch)  # the epoch's order and augmentation: functions of (seed, epoch, position) alone
         self.inside_epoch = True
         for epoch_over in self.train_parts(train_loader, epoch):
             # Each rank updated BatchNorm statistics (and the EMA's) from its own batches: average them, so
@@ -233,7 +229,10 @@ class Engine:
         pause the train totals of the steps since the last one go to `since_record`, with one reduction."""
         self.model.train()
         num_batches, accumulate = len(loader), self.loop.accumulate
-        scales = accumulation_scales(loader_batch_sizes(loader), num_batches, accumulate)
+        # Each micro-batch's mean loss is weighted by its share of its window's samples over all ranks (DDP averages
+        # the ranks' gradients): the gradient is the mean over the samples, uneven last batches included.
+        sizes = loader_batch_sizes(loader)
+        scales = accumulation_scales(sizes, num_batches, accumulate, loader_global_sizes(loader), self.place.world_size)
         # Inside an accumulation window DDP need not all-reduce: only the window's last backward does.
         defer_sync = accumulate > 1 and hasattr(self.model, "no_sync")
         steps = StepTotals(count_correct=self.since_record.count_correct)  # no accuracy for mixed targets or values
@@ -259,7 +258,7 @@ class Engine:
                     scaled = loss if scales[i] == 1.0 else loss * scales[i]
                     (self.scaler.scale(scaled) if self.fp16 else scaled).backward()
                     backwards += 1
-            steps.add(loss, logits, targets)  # references only: no kernel, no host sync
+            steps.add(loss, logits, targets, None if sizes is None else sizes[i])  # references only: no kernel, no host sync
             self._notify("on_batch_end", "train")
             if not closes_window:
                 continue

@@ -54,13 +54,14 @@ def load_into(engine, state: Dict[str, Any]) -> None:
     engine.files.top_k = state["top_k"]
     ranks = state.get("rank_rng") or []  # a rank the checkpoint lacks (more processes) keeps its fresh seeding
     own = state if engine.place.rank == 0 else ranks[engine.place.rank] if len(ranks) == engine.place.world_size else None
-    engine._resumed_rng = None if own is None else (own["rng"], own.get("loader_rng"))
+    # Checkpoints of earlier versions also hold "loader_rng", the loader generator's state: the training order
+    # no longer draws from it (it is a function of the seed and the epoch), so it is not read.
+    engine._resumed_rng = None if own is None else own["rng"]
 
 
 def own_rng(engine) -> Dict[str, Any]:
-    """This process's random streams: Python, numpy, torch, and the training loader's shuffling."""
-    return {"rng": rng_state(),
-            "loader_rng": None if engine._train_generator is None else engine._train_generator.get_state()}
+    """This process's random streams: Python, numpy and torch (the training order is not one: trainer.data.sampling)."""
+    return {"rng": rng_state()}
 
 
 def summary_of(engine, status: str, error: Optional[str] = None) -> Dict[str, Any]:
