@@ -81,7 +81,7 @@ class LimitedLoader:
 
     def skip_batches(self, n: int) -> None:
         """The next iteration starts at batch n, through the wrapped loader's sampler (nothing earlier is read)."""
-        self.loader.sampler.skip_batches(n)
+        self.loader.batch_sampler.skip_batches(n)  # trainer.data.sampling.TrainBatches
         self.start = n
 
     def __iter__(self):

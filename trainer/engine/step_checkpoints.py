@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from trainer.data.sampling import training_order
 from trainer.engine.distributed import all_gather_objects, all_reduce_sum
 from trainer.engine.place import Place
 from trainer.errors import UserError
@@ -192,11 +193,11 @@ def continue_epoch(loader, batches_done: int) -> None:
     if hasattr(loader, "skip_batches"):  # LimitedLoader, FixedBatches
         loader.skip_batches(batches_done)
         return
-    sampler = getattr(loader, "sampler", None)
-    if not hasattr(sampler, "skip_batches"):
-        raise UserError(f"this run's training sampler ({type(sampler).__name__}) cannot start an epoch in its middle; "
-                        "resume from a checkpoint written at the end of an epoch")
-    sampler.skip_batches(batches_done)
+    order = training_order(loader)
+    if order is None:
+        raise UserError("this run's training batches cannot start an epoch in its middle; resume from a checkpoint "
+                        "written at the end of an epoch")
+    order.skip_batches(batches_done)
 
 
 def resumable_inside(state: Dict[str, Any]) -> bool:
