@@ -190,7 +190,7 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_ends_as_if_never_stopped(
     os.kill(int((tmp_path / "pids" / "1").read_text()), signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "restart" in err.lower()
+    assert "exitcode: -9" in err  # torchrun saw the worker die, and restarted the group
     assert_same(run_dir, outcome(tmp_path / "straight"))
 
 

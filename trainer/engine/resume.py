@@ -27,9 +27,9 @@ def auto_resume_target(run_dir: str):
 def _differs(given: Any, stored: Any) -> bool:
     """A value of the command line against the resumed run's stored one (paths are stored absolute; a group's
     option by its name)."""
-    if isinstance(stored, dict) and "name" in stored and not isinstance(given, dict):
+    if isinstance(stored, dict) and "name" in stored:  # a group's option: data=image_folder
         return str(given) != str(stored["name"])
-    if hasattr(given, "items"):  # a DictConfig or ListConfig: compare as plain values
+    if hasattr(given, "__len__") and not isinstance(given, str):  # a DictConfig or ListConfig: as plain values
         from omegaconf import OmegaConf
 
         given = OmegaConf.to_container(given, resolve=True)
@@ -73,10 +73,12 @@ def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str, auto: bo
         if auto and key not in RESUMABLE_OVERRIDES:
             stored_value = OmegaConf.select(OmegaConf.create(stored_config), key)
             stored_value = OmegaConf.to_container(stored_value) if hasattr(stored_value, "items") else stored_value
-            if not _differs(OmegaConf.select(cfg, key), stored_value):
+            given_value = value if isinstance(stored_value, dict) else OmegaConf.select(cfg, key)
+            if not _differs(given_value, stored_value):
                 continue
+            shown = stored_value.get("name") if isinstance(stored_value, dict) else stored_value
             raise UserError(
-                f"resume=auto: {run_dir} holds a run with {key}={stored_value}, not {value}; the same command "
+                f"resume=auto: {run_dir} holds a run with {key}={shown}, not {value}; the same command "
                 f"continues it (only {', '.join(RESUMABLE_OVERRIDES)} may change), or choose a new hydra.run.dir"
             )
         if key not in RESUMABLE_OVERRIDES:
