@@ -5,6 +5,8 @@ environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...) tells each its plac
 when the processes have GPUs, gloo on CPUs. Rank 0 alone writes files and draws progress.
 """
 
+import datetime
+import os
 from typing import Optional
 
 import torch
@@ -24,8 +26,26 @@ def init_process_group() -> Place:
         use_cuda = torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(place.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        backend, store = "nccl" if use_cuda else "gloo", attempt_store(place)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=place.rank, world_size=place.world_size)
     return place
+
+
+def attempt_store(place: Place):
+    """The store the processes of this torchrun attempt meet in, or None (torch's default).
+
+    Workers share torchrun's own store, one for all attempts: after `--max-restarts` restarted the group, a
+    process could read the address another one published in the attempt before (dead by now) and fail with
+    "Gloo connectFullMesh failed ... Connection refused". A prefix per attempt keeps each attempt's keys apart."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), place.world_size, is_master=False,
+                          timeout=datetime.timedelta(minutes=30))
+    return dist.PrefixStore(f"trainer/attempt_{attempt}", store)
 
 
 def broadcast_from_main(value):
