@@ -162,6 +162,10 @@ def continue_inside_epoch(engine, steps, loader):
     position, engine.position = engine.position, None
     if position is None:
         return 0, 0
+    written_by = len(position["rank_steps"])
+    if written_by != engine.place.world_size:  # another split of the epoch's global batches
+        raise UserError(f"the checkpoint was written inside an epoch by {written_by} process(es); continue it with "
+                        f"{written_by} (torchrun --nproc_per_node={written_by}), or from a checkpoint of an epoch's end")
     restore_steps(steps, position, engine.place.rank, engine.device)
     continue_epoch(loader, position["batches_done"])
     return position["batches_done"], position["windows"]
