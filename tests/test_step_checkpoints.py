@@ -207,3 +207,25 @@ def test_bad_input_is_one_clear_message(cli, tmp_path, override, expected):
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_when_a_step_checkpoint_is_due():
+    from trainer.engine.step_checkpoints import StepCheckpoints
+
+    cpu = torch.device("cpu")
+    counted = StepCheckpoints(every_n_steps=3)
+    assert not StepCheckpoints().active
+    assert [counted.due(step, cpu) for step in range(1, 8)] == [None, None, "save", None, None, "save", None]
+    clock = StepCheckpoints(every_minutes=0.1 / 60)  # 0.1 s
+    assert clock.due(1, cpu) is None
+    time.sleep(0.15)
+    assert clock.due(2, cpu) == "save"
+    clock.saved()
+    assert clock.due(3, cpu) is None
+    before = signal.getsignal(signal.SIGUSR1)
+    with clock.watching(signal.SIGUSR1):
+        assert clock.active
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.01)
+        assert clock.due(4, cpu) == "stop"
+    assert signal.getsignal(signal.SIGUSR1) is before
