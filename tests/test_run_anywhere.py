@@ -17,11 +17,16 @@ FOLDER = ["data=image_folder", "data.image_size=16", "data.channels=1", "data.va
           "trainer.deterministic=true", "trainer.device=cpu", "progress=false"]
 
 
-@pytest.fixture
-def folder(tmp_path):
-    root = tmp_path / "images"
-    write_image_folder(root, per_class=9)
-    return root
+SAME = ("model.dropout=0", "scheduler=none")  # a constant rate: a run of 1 epoch extended to 2 is a run of 2
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: one process, no loader workers, global batch 16, 2 epochs; its image folder."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    folder = tmp_path / "images"
+    write_image_folder(folder, per_class=9)
+    return train(tmp_path, "one", folder, *SAME, "data.num_workers=0", "data.batch_size=16", "trainer.max_epochs=2"), folder
 
 
 def train(tmp_path, name, folder, *overrides, nproc=None):
@@ -33,17 +38,19 @@ def train(tmp_path, name, folder, *overrides, nproc=None):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "trainer", *args]
         result = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = read_csv(run_dir / "metrics.csv")
+    return without_seconds(read_csv(run_dir / "metrics.csv"))
+
+
+def without_seconds(rows):
     for row in rows:
         row.pop("seconds")
     return rows
 
 
 @pytest.mark.slow
-def test_two_processes_with_workers_train_as_one_at_the_same_global_batch(tmp_path, folder):
-    same = ("model.dropout=0", "data.num_workers=2", "trainer.max_epochs=2")
-    one = train(tmp_path, "one", folder, *same, "data.batch_size=16")
-    two = train(tmp_path, "two", folder, *same, "data.batch_size=8", nproc=2)
+def test_two_processes_with_workers_train_as_one_at_the_same_global_batch(tmp_path, one_process):
+    one, folder = one_process
+    two = train(tmp_path, "two", folder, *SAME, "data.num_workers=2", "data.batch_size=8", "trainer.max_epochs=2", nproc=2)
     assert len(one) == len(two) == 2
     for a, b in zip(one, two):
         assert (a["epoch"], a["step"], a["lr"]) == (b["epoch"], b["step"], b["lr"])
@@ -54,16 +61,12 @@ def test_two_processes_with_workers_train_as_one_at_the_same_global_batch(tmp_pa
 
 
 @pytest.mark.slow
-def test_workers_and_resuming_change_nothing(tmp_path, folder):
-    # dropout: the training step's own draws must not depend on whether samples are loaded in this process;
-    # a constant learning rate, so that a run of 1 epoch extended to 2 is the same run as one of 2
-    same = ("model.dropout=0.3", "scheduler=none", "data.batch_size=16")
-    straight = train(tmp_path, "straight", folder, *same, "data.num_workers=0", "trainer.max_epochs=2")
-    train(tmp_path, "resumed", folder, *same, "data.num_workers=2", "trainer.max_epochs=1")
+def test_workers_and_resuming_change_nothing(tmp_path, one_process):
+    # (that the step's own draws, dropout, do not depend on where samples are loaded: tests/test_sampling.py)
+    straight, folder = one_process
+    train(tmp_path, "resumed", folder, *SAME, "data.num_workers=2", "data.batch_size=16", "trainer.max_epochs=1")
     result = run_module("trainer", f"resume={tmp_path / 'resumed'}", "trainer.max_epochs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = read_csv(tmp_path / "resumed" / "metrics.csv")
-    for row in resumed:
-        row.pop("seconds")
+    resumed = without_seconds(read_csv(tmp_path / "resumed" / "metrics.csv"))
     assert [row["epoch"] for row in resumed] == ["1", "2"]
     assert resumed == straight
