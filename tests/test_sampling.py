@@ -127,3 +127,17 @@ def test_a_sample_draws_from_its_position_and_leaves_the_main_process_streams_al
         loader = torch.utils.data.DataLoader(data, batch_sampler=order, num_workers=workers)
         loaded[workers] = torch.cat(list(loader))
     assert torch.equal(loaded[0], loaded[2])
+
+
+def test_seed_streams_draws_as_seed_for_does():
+    import random
+
+    from trainer.data.positions import seed_for
+    from trainer.data.sampling import seed_streams
+
+    key = position_key(3, 2, 41)
+    drawn = []
+    for seed in (seed_for, seed_streams):
+        seed(key)
+        drawn.append((random.random(), np.random.rand(), torch.rand(3).tolist()))
+    assert drawn[0] == drawn[1]

@@ -71,10 +71,11 @@ class ImageLoader(DataLoader):
 
 def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int], seed: int, pin_memory: bool,
                  sampler: str = "random", train_labels: Optional[np.ndarray] = None, drop_last: bool = False,
-                 loader_class=DataLoader):
+                 loader_class=DataLoader, random_transforms: bool = True):
     """Training and validation loaders. num_workers None means `default_workers()`. The training loader
     keeps its workers between epochs; the validation loader starts its own for each validation and ends
-    them after it, so that no worker waits idle through training."""
+    them after it, so that no worker waits idle through training. random_transforms: whether the training
+    set's samples draw anything (their draws are then seeded from their positions)."""
     if batch_size < 1:
         raise UserError(f"data.batch_size={batch_size} is not valid; use an integer >= 1")
     if num_workers is None:
@@ -89,7 +90,7 @@ def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int]
     # The order and each sample's transforms come from (seed, epoch, position) alone; the generator only keeps
     # the loader's own draw of a worker base seed (unused) off the global torch stream.
     order = TrainBatches(len(train_set), batch_size, seed, sampler, train_labels, drop_last)
-    train = loader_class(PositionedSamples(train_set, seed), batch_sampler=order,
+    train = loader_class(PositionedSamples(train_set, seed, random_transforms), batch_sampler=order,
                          generator=torch.Generator().manual_seed(seed), **common)
     val = loader_class(val_set, batch_size=batch_size, shuffle=False, **dict(common, persistent_workers=False))
     return train, val

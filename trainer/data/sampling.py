@@ -5,7 +5,7 @@ between processes, and the per-sample seeding of random transforms, all from whe
                           or draws with replacement weighted by 1 / class count (data.sampler=balanced)
     global batch g        epoch positions [g*B, (g+1)*B), B = data.batch_size x processes (batch_size is per process)
     rank r's batch g      a contiguous slice of global batch g: the same samples however many processes share it
-    sample at position p  its transforms draw from position_key(seed, e, p) (trainer.data.positions.seed_for)
+    sample at position p  its transforms draw from position_key(seed, e, p) (as trainer.data.positions.seed_for seeds)
 
 Nothing depends on how many draws came before, so loader workers, processes and the point a run was
 resumed at change nothing. The DataLoader gets `TrainBatches` as its batch_sampler and the training set
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from trainer.data.positions import position_key, seed_for
+from trainer.data.positions import position_key
 from trainer.errors import UserError
 
 SAMPLERS = ("random", "balanced")
@@ -124,36 +124,52 @@ class TrainBatches(Sampler):
             yield [(int(index), epoch, int(position)) for index, position in zip(order[positions], positions)]
 
 
+def seed_streams(key: int) -> None:
+    """What trainer.data.positions.seed_for seeds, on the CPU: the same draws from torch, numpy and Python's
+    random. seed_for's torch.manual_seed also seeds every accelerator's generator, which costs about 0.7 ms a
+    call (more than decoding a small image) and which no transform on the CPU draws from."""
+    torch.default_generator.manual_seed(key)
+    np.random.seed(key % 2**32)
+    random.seed(key)
+
+
 class PositionedSamples(Dataset):
     """dataset[index] for an (index, epoch, position) item, with every random draw of its transforms seeded
     from position_key(seed, epoch, position): the same in any loader worker and in the main process.
 
     In a worker the global streams are simply reseeded (nothing else draws there); in the main process
-    (data.num_workers=0) they are restored afterwards, so the training step's own draws (dropout, mixup)
-    do not depend on whether samples were loaded in this process.
+    (data.num_workers=0) they are restored after each batch (`__getitems__`: saving numpy's state costs
+    about 0.1 ms, once a batch, not once a sample), so the training step's own draws (dropout, mixup) do
+    not depend on whether samples were loaded in this process. `random_transforms=False` (digits: tensors
+    in memory, no transform) skips the seeding.
     """
 
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset: Dataset, seed: int, random_transforms: bool = True):
+        self.dataset, self.seed, self.random_transforms = dataset, seed, random_transforms
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: Tuple[int, int, int]):
+    def _load(self, item: Tuple[int, int, int]):
         index, epoch, position = item
-        key = position_key(self.seed, epoch, position)
-        if get_worker_info() is not None:
-            seed_for(key)
-            return self.dataset[index]
-        python, numpy_state = random.getstate(), np.random.get_state()
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        if self.random_transforms:
+            seed_streams(position_key(self.seed, epoch, position))
+        return self.dataset[index]
+
+    def __getitem__(self, item: Tuple[int, int, int]):
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: Sequence[Tuple[int, int, int]]) -> list:
+        """A batch's samples (the DataLoader's fetcher asks for a whole batch at once)."""
+        if get_worker_info() is not None or not self.random_transforms:
+            return [self._load(item) for item in items]
+        python, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
-            with torch.random.fork_rng(devices=devices):
-                seed_for(key)
-                return self.dataset[index]
+            return [self._load(item) for item in items]
         finally:
             random.setstate(python)
             np.random.set_state(numpy_state)
+            torch.set_rng_state(torch_state)
 
     def __getattr__(self, name: str):  # transform, paths, targets... of the wrapped dataset
         if name.startswith("__") or name == "dataset":  # not yet set while unpickling in a worker
