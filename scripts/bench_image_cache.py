@@ -63,7 +63,7 @@ def epoch(loader) -> float:
 def compare_epochs(name: str, root: str, channels: int, cache_dir: str, epochs: int, workers: int) -> None:
     loaders = {cache: bundle(root, cache, cache_dir, channels, workers).train_loader for cache in ("none", "memory")}
     before = bundle(root, "none", cache_dir, channels, workers).train_loader
-    before.dataset.fit = None  # decode as before the cache: no resize to the size the transforms use
+    before.dataset.dataset.fit = None  # (under PositionedSamples) decode as before the cache: no resize to the size the transforms use
     loaders["none (before)"] = before
     first = {cache: epoch(loader) for cache, loader in loaders.items()}
     rates = {cache: [] for cache in loaders}

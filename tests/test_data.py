@@ -16,7 +16,7 @@ from trainer.config.registry import schema_defaults
 from trainer.data.datasets import DATASETS
 from trainer.data.datasets import digits as digits_builder
 from trainer.data.images import load_image
-from trainer.data.loaders import balanced_sampler
+from trainer.data.sampling import epoch_order
 from trainer.data.transforms import eval_transform, resolve_input, train_transform
 from trainer.errors import UserError
 from trainer.run import assembly, checks
@@ -149,19 +149,21 @@ def test_model_defaults_fill_the_input_settings():
 
 def test_balanced_sampler_draws_classes_uniformly():
     labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
-    sampler = balanced_sampler(labels, torch.Generator().manual_seed(0))
-    drawn = np.concatenate([labels[list(sampler)] for _ in range(20)])
+    drawn = np.concatenate([labels[epoch_order(len(labels), 0, epoch, "balanced", labels).numpy()] for epoch in range(1, 21)])
     assert len(drawn) == 20 * len(labels)
     shares = np.bincount(drawn) / len(drawn)
     assert np.allclose(shares, 1 / 3, atol=0.02), shares
-    again = balanced_sampler(labels, torch.Generator().manual_seed(0))
-    assert list(again) == list(balanced_sampler(labels, torch.Generator().manual_seed(0)))
+    assert torch.equal(epoch_order(1000, 0, 3, "balanced", labels), epoch_order(1000, 0, 3, "balanced", labels))
 
 
 def test_balanced_sampler_is_used_by_the_training_loader(folder, tmp_path):
     data = folder_data(folder, sampler="balanced", class_fraction={0: 0.2, 1: 0.2})
     assert Counter(data.train_labels.tolist())[0] < 8 / 2
-    drawn = np.concatenate([y.numpy() for _ in range(30) for _, y in data.train_loader])
+    drawn = []
+    for epoch in range(1, 31):
+        data.train_loader.batch_sampler.set_epoch(epoch)
+        drawn += [y.numpy() for _, y in data.train_loader]
+    drawn = np.concatenate(drawn)
     shares = np.bincount(drawn, minlength=10) / len(drawn)
     assert np.allclose(shares, 0.1, atol=0.03), shares
 
@@ -193,7 +195,7 @@ def test_class_fraction_composes_from_the_command_line():
         cfg = compose("train", overrides=["data.class_fraction={3:0.1,5:0.1}", "data.sampler=balanced"])
     data = build_part(DATASETS, checks.plain(cfg.data), seed=cfg.seed)
     assert Counter(data.train_labels.tolist())[3] < 20
-    assert data.train_loader.sampler.__class__.__name__ == "WeightedRandomSampler"
+    assert data.train_loader.batch_sampler.kind == "balanced"
 
 
 def test_mixup_is_exposed_for_the_engine(folder):
@@ -202,7 +204,7 @@ def test_mixup_is_exposed_for_the_engine(folder):
     assert folder_data(folder).mixup is None
     data = folder_data(folder, mixup=0.8, cutmix=1.0, label_smoothing=0.0)
     assert isinstance(data.mixup, Mixup)
-    assert data.train_loader.drop_last  # Mixup pairs images up: every batch must be even
+    assert data.train_loader.batch_sampler.drop_last  # Mixup pairs images up: every batch must be even
     inputs, targets = next(iter(data.train_loader))
     mixed, soft = data.mixup(inputs.clone(), targets)
     assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8))

@@ -220,7 +220,7 @@ def test_a_stored_config_gets_only_the_keys_it_lacks():
     filled = with_current_defaults(stored)
     assert filled["data"]["cache"] == "auto" and filled["data"]["cache_dir"] is None and filled["data"]["batch_size"] == 7
     assert filled["trainer"]["max_steps"] is None and filled["trainer"]["max_epochs"] == 3
-    assert filled["checkpoint"] == {"save_top_k": 2} and filled["seed"] == 5
+    assert filled["checkpoint"] == {"save_top_k": 2, "every_n_steps": None, "every_minutes": None} and filled["seed"] == 5
     assert stored["data"] == {"name": "image_folder", "root": "/d", "batch_size": 7}  # the stored dict is not changed
 
 

@@ -30,15 +30,19 @@ def train(cfg: DictConfig) -> float:
 
     # heavy (torch, timm, scikit-learn): imported here so that --help answers without them
     from trainer.data.loaders import stop_workers
-    from trainer.engine.resume import load_resume_state
+    from trainer.engine.resume import auto_resume_target, load_resume_state
+    from trainer.engine.step_checkpoints import REQUEUE_EXIT_STATUS, StoppedToRequeue, requeue_signals, submitit_signal
     from trainer.reporting.callbacks import run_callbacks
     from trainer.run import assembly, checks
 
     log = logging.getLogger("trainer")
     run_dir = HydraConfig.get().runtime.output_dir
     state = None
+    auto = cfg.resume == "auto"  # continue run_dir's last.ckpt if there is one, else start the run there
+    if auto:
+        cfg.resume = auto_resume_target(run_dir)
     if cfg.resume is not None:
-        cfg, state = load_resume_state(cfg, HydraConfig.get().overrides.task, run_dir)
+        cfg, state = load_resume_state(cfg, HydraConfig.get().overrides.task, run_dir, auto=auto)
     checks.check_config(cfg)
     checks.normalise_config(cfg)  # before the config is stored in checkpoints
     checkpoints = os.path.join(run_dir, "checkpoints")
@@ -70,7 +74,17 @@ def train(cfg: DictConfig) -> float:
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         try:
-            summary = engine.fit(train_loader, val_loader)
+            with engine.step_checkpoints.watching(*requeue_signals(cfg.trainer.checkpoint_signal)):
+                summary = engine.fit(train_loader, val_loader)
+        except StoppedToRequeue as stopped:
+            log.warning(
+                f"{stopped}: checkpoints/last.ckpt holds it; exiting with status {REQUEUE_EXIT_STATUS} (requeue me). "
+                f"Continue with the same command and resume=auto, or: python -m trainer resume={run_dir}"
+            )
+            handler = engine.step_checkpoints.previous.get(stopped.signum)
+            if stopped.signum == submitit_signal() and callable(handler):  # submitit's: requeues the job, exits
+                handler(stopped.signum, None)
+            raise SystemExit(REQUEUE_EXIT_STATUS) from None
         except KeyboardInterrupt:
             log.warning(
                 f"interrupted in epoch {engine.epoch + 1}; checkpoints/last.ckpt holds epoch {engine.epoch}. "

@@ -47,11 +47,16 @@ class TrainerSettings:
     # every N-th optimizer step's train loss, lr and gradient norm to metrics_steps.csv (and TensorBoard, MLflow,
     # W&B when chosen), read from the device once per N steps; 0 or null: off
     log_every_n_steps: Optional[int] = 50
+    # on this signal: last.ckpt at the next optimizer step, then exit with status 75 ("requeue me"); the same
+    # command continues the run. SIGUSR1 (SLURM's --signal), SIGUSR2, SIGTERM, ...; null: off
+    checkpoint_signal: Optional[str] = "SIGUSR1"
 
 
 @dataclass
 class CheckpointSettings:
     save_top_k: int = 0  # also keep the k best epochs as epoch-NNN_<monitor>-<value>.ckpt
+    every_n_steps: Optional[int] = None  # also write last.ckpt inside epochs every N optimizer steps (resume= continues there)
+    every_minutes: Optional[float] = None  # also write last.ckpt inside epochs every M minutes (rank 0's clock)
 
 
 @dataclass
@@ -70,7 +75,7 @@ class TrainConfig:
     monitor: str = "val/f1"
     mode: Optional[str] = None  # min | max; null picks min for losses, max for everything else
     progress: bool = True  # rich progress bar (only drawn on a terminal)
-    resume: Optional[str] = None  # a run directory or checkpoint to continue
+    resume: Optional[str] = None  # a run directory or checkpoint to continue; auto: hydra.run.dir's last.ckpt if any
 
 
 @dataclass

@@ -125,7 +125,7 @@ def digits(batch_size: int, val_fraction: float, image_size: int, num_workers: i
     val_set = TensorDataset(images_[val_idx], targets[val_idx])
     train_labels = labels[train_idx.numpy()]
     train_loader, val_loader = make_loaders(train_set, val_set, batch_size, num_workers, seed, pin_memory,
-                                            sampler=sampler, train_labels=train_labels)
+                                            sampler=sampler, train_labels=train_labels, random_transforms=False)
     return DataBundle(train_loader, val_loader, class_names, 1, train_labels,
                       tensor_normalisation=(float(mean), float(std)))
 

@@ -1,5 +1,5 @@
-"""DataLoaders: the sampler (shuffled or class-balanced), worker processes, seeding, pinned memory,
-and errors from worker processes that still name the file at fault."""
+"""DataLoaders: the training order (trainer.data.sampling: shuffled or class-balanced, from the seed and
+the epoch), worker processes, pinned memory, and errors from worker processes that still name the file at fault."""
 
 import os
 import random
@@ -7,13 +7,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from trainer.data.images import UnreadableImage, message_of
+from trainer.data.sampling import SAMPLERS, PositionedSamples, TrainBatches
 from trainer.errors import UserError
-
-SAMPLERS = ("random", "balanced")
-
 
 def available_cpus() -> int:
     """CPU cores this process may run on (a container's or taskset's limit, not the machine's count)."""
@@ -40,19 +38,10 @@ def default_workers() -> int:
 
 def seed_worker(worker_id: int) -> None:
     """numpy and random in a worker follow torch's per-worker seed (base seed from the loader's
-    generator + worker id), so augmentations differ between workers yet repeat from run to run."""
+    generator + worker id). Training samples are seeded again each from its position (PositionedSamples)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-def balanced_sampler(labels: np.ndarray, generator: torch.Generator) -> WeightedRandomSampler:
-    """Draws every class equally often on average: each sample weighs 1 / its class's count; an
-    epoch draws as many samples as the training set holds, with replacement."""
-    counts = np.bincount(labels)
-    weights = 1.0 / counts[labels]
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
-                                 replacement=True, generator=generator)
 
 
 class ImageLoader(DataLoader):
@@ -82,10 +71,11 @@ class ImageLoader(DataLoader):
 
 def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int], seed: int, pin_memory: bool,
                  sampler: str = "random", train_labels: Optional[np.ndarray] = None, drop_last: bool = False,
-                 loader_class=DataLoader):
+                 loader_class=DataLoader, random_transforms: bool = True):
     """Training and validation loaders. num_workers None means `default_workers()`. The training loader
     keeps its workers between epochs; the validation loader starts its own for each validation and ends
-    them after it, so that no worker waits idle through training."""
+    them after it, so that no worker waits idle through training. random_transforms: whether the training
+    set's samples draw anything (their draws are then seeded from their positions)."""
     if batch_size < 1:
         raise UserError(f"data.batch_size={batch_size} is not valid; use an integer >= 1")
     if num_workers is None:
@@ -94,20 +84,14 @@ def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int]
         raise UserError(f"data.num_workers={num_workers} is not valid; use 0 (load in the main process) or more")
     if sampler not in SAMPLERS:
         raise UserError(f"data.sampler={sampler} is not valid; use one of: {', '.join(SAMPLERS)}")
-    if drop_last and len(train_set) < batch_size:
-        raise UserError(
-            f"the training set has {len(train_set)} images, fewer than one batch (data.batch_size={batch_size}), "
-            "and mixup/cutmix drop the last partial batch: lower data.batch_size"
-        )
-    generator = torch.Generator().manual_seed(seed)
     common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     if num_workers > 0:
         common["worker_init_fn"] = seed_worker
-    if sampler == "balanced":
-        order = dict(sampler=balanced_sampler(np.asarray(train_labels), generator))
-    else:
-        order = dict(shuffle=True)
-    train = loader_class(train_set, batch_size=batch_size, generator=generator, drop_last=drop_last, **order, **common)
+    # The order and each sample's transforms come from (seed, epoch, position) alone; the generator only keeps
+    # the loader's own draw of a worker base seed (unused) off the global torch stream.
+    order = TrainBatches(len(train_set), batch_size, seed, sampler, train_labels, drop_last)
+    train = loader_class(PositionedSamples(train_set, seed, random_transforms), batch_sampler=order,
+                         generator=torch.Generator().manual_seed(seed), **common)
     val = loader_class(val_set, batch_size=batch_size, shuffle=False, **dict(common, persistent_workers=False))
     return train, val
 

@@ -5,13 +5,16 @@ environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...) tells each its plac
 when the processes have GPUs, gloo on CPUs. Rank 0 alone writes files and draws progress.
 """
 
+import datetime
+import os
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
+from trainer.data.sampling import training_order
 from trainer.engine.place import Place, current_place
 from trainer.errors import UserError
 
@@ -23,8 +26,26 @@ def init_process_group() -> Place:
         use_cuda = torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(place.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        backend, store = "nccl" if use_cuda else "gloo", attempt_store(place)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=place.rank, world_size=place.world_size)
     return place
+
+
+def attempt_store(place: Place):
+    """The store the processes of this torchrun attempt meet in, or None (torch's default).
+
+    Workers share torchrun's own store, one for all attempts: after `--max-restarts` restarted the group, a
+    process could read the address another one published in the attempt before (dead by now) and fail with
+    "Gloo connectFullMesh failed ... Connection refused". A prefix per attempt keeps each attempt's keys apart."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), place.world_size, is_master=False,
+                          timeout=datetime.timedelta(minutes=30))
+    return dist.PrefixStore(f"trainer/attempt_{attempt}", store)
 
 
 def broadcast_from_main(value):
@@ -45,7 +66,8 @@ def close_process_group() -> None:
 
 
 def rank_seed(seed: int, rank: int) -> int:
-    """The seed of one process's own random draws (augmentation, dropout, mixup, loader workers).
+    """The seed of one process's own random draws (dropout, mixup; not the data order or augmentation, which come
+    from positions: trainer.data.sampling).
 
     Rank 0 keeps `seed` itself, so a single-process run draws what it always drew; any other rank gets
     a seed derived from (seed, rank) alone, so each process draws differently yet reproducibly.
@@ -87,34 +109,27 @@ def device_for(place: Place, requested: torch.device) -> torch.device:
 
 
 def shard_loaders(train_loader: DataLoader, val_loader: DataLoader, place: Place, seed: int):
-    """Each rank trains on its share of every epoch's permutation and validates on every world_size-th sample.
+    """Each rank trains on its slice of every global batch and validates on every world_size-th sample.
 
-    Training uses DistributedSampler (shuffled by seed + epoch, padded to equal shares: the same
-    permutation on every rank). Its loader's generator, which seeds the workers (augmentation), is
-    seeded per rank. Validation is split without padding, so gathering the ranks' predictions covers
-    each sample exactly once. The loaders keep their class (ImageLoader names unreadable files).
+    Training: the same order on every rank (trainer.data.sampling.TrainBatches, from the seed and the epoch);
+    rank r loads a contiguous slice of each global batch of batch_size x world_size positions, so the
+    global batches, and each sample's augmentation (from its position), are those of one process with the
+    global batch. Validation is split without padding, so gathering the ranks' predictions covers each
+    sample exactly once. The loaders keep their class (ImageLoader names unreadable files).
     """
-
-    if not isinstance(train_loader.sampler, (RandomSampler, SequentialSampler)):
-        raise UserError(
-            f"the training sampler {type(train_loader.sampler).__name__} cannot be split across processes yet; "
-            "use data.sampler=random with torchrun"
-        )
+    order = training_order(train_loader)
+    if order is None:
+        raise UserError(f"the training loader's sampler {type(train_loader.batch_sampler).__name__} cannot be split "
+                        "across processes")
     common = dict(
-        batch_size=train_loader.batch_size,
         num_workers=train_loader.num_workers,
         pin_memory=train_loader.pin_memory,
         persistent_workers=train_loader.persistent_workers,
         worker_init_fn=train_loader.worker_init_fn,
         collate_fn=train_loader.collate_fn,
     )
-    shuffle = isinstance(train_loader.sampler, RandomSampler)
-    train_sampler = DistributedSampler(
-        train_loader.dataset, num_replicas=place.world_size, rank=place.rank, shuffle=shuffle, seed=seed
-    )
-    workers = torch.Generator().manual_seed(rank_seed(seed, place.rank))
-    train = type(train_loader)(train_loader.dataset, sampler=train_sampler, drop_last=train_loader.drop_last,
-                               generator=workers, **common)
+    train = type(train_loader)(train_loader.dataset, batch_sampler=order.shard(place.world_size, place.rank),
+                               generator=train_loader.generator, **common)
     val_indices = list(range(place.rank, len(val_loader.dataset), place.world_size))
     val = type(val_loader)(val_loader.dataset, sampler=val_indices, **dict(
         common, batch_size=val_loader.batch_size, num_workers=val_loader.num_workers,

@@ -16,12 +16,14 @@ import torch
 from torch import nn
 
 from trainer.checkpointing.checkpoint import monitors_ema, set_rng_state
-from trainer.data.batches import accumulation_scales, loader_batch_sizes
+from trainer.data.batches import accumulation_scales, loader_batch_sizes, loader_global_sizes
+from trainer.data.sampling import training_order
 from trainer.engine import run_state
 from trainer.engine.distributed import all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
 from trainer.engine.place import Place
 from trainer.engine.run_files import RunFiles
 from trainer.engine.settings import LoopSettings, is_better
+from trainer.engine.step_checkpoints import StepCheckpoints, continue_inside_epoch, write_step_checkpoint
 from trainer.engine.step_scalars import StepScalars, window_loss
 from trainer.engine.step_totals import StepTotals
 from trainer.engine.validation_schedule import TrainSinceRecord, ValidationSchedule
@@ -58,6 +60,7 @@ class Engine:
         callbacks: Sequence[Any] = (),
         place: Optional[Place] = None,
         stop_conditions: Sequence[Any] = (),
+        step_checkpoints: Optional[StepCheckpoints] = None,
     ):
         self.loop = loop or LoopSettings()
         self.place = place or Place()
@@ -80,6 +83,7 @@ class Engine:
         self.callbacks = list(callbacks)
         self.stop_conditions = list(stop_conditions)  # (engine, record) -> None, or (status, reason): the run ends
         self.stop_reason: Optional[str] = None
+        self.step_checkpoints = step_checkpoints or StepCheckpoints(place=self.place)  # last.ckpt inside epochs
         self.non_blocking = device.type == "cuda"
         self.memory_format = torch.channels_last if self.loop.channels_last else torch.contiguous_format
         dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.loop.precision]
@@ -98,11 +102,11 @@ class Engine:
         self.best_epoch: Optional[int] = None
         self.best_step: Optional[int] = None
         self.bad_epochs = 0  # validations (not epochs) since the best one
-        self.inside_epoch = False  # a checkpoint written now cannot be resumed (resume starts epochs afresh)
+        self.inside_epoch = False  # a checkpoint written now is inside an epoch (resumable only with a position)
+        self.position: Optional[Dict[str, Any]] = None  # where in its epoch a step checkpoint is (step_checkpoints.py)
         self.skipped_steps = 0
         self.history: List[Dict[str, float]] = []
-        self._train_generator: Optional[torch.Generator] = None  # the training loader's shuffling
-        self._resumed_rng: Optional[tuple] = None
+        self._resumed_rng: Optional[dict] = None
         # Validation outputs (logits, targets) of the last epoch by prefix ("val/", "val_ema/"), and those of
         # the best epoch's chosen weights (as in best.ckpt), on every rank: the end-of-run report needs no file.
         self.last_outputs: Dict[str, tuple] = {}
@@ -122,17 +126,13 @@ class Engine:
 
     # --- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader, val_loader) -> Dict[str, Any]:
-        self._train_generator = getattr(train_loader, "generator", None)
         if self._resumed_rng is not None:  # exactly where the checkpoint left every random stream
-            generators, loader_state = self._resumed_rng
-            set_rng_state(generators)
-            if loader_state is not None and self._train_generator is not None:
-                self._train_generator.set_state(loader_state)
+            set_rng_state(self._resumed_rng)
         self.validations = ValidationSchedule.of(self.loop, len(train_loader))
         self._notify("on_fit_start", len(train_loader), len(val_loader))
         status, error = "completed", None
         try:
-            if self.epoch == 0 and self.files.keeps_checkpoints:
+            if self.epoch == 0 and self.position is None and self.files.keeps_checkpoints:
                 self.files.save("last.ckpt", self.state_dict())  # an interruption in epoch 1 resumes from the start
             while not self.validations.run_over(self.epoch, self.optimizer_steps):
                 stopped = self.run_epoch(train_loader, val_loader, self.epoch + 1)
@@ -156,9 +156,9 @@ class Engine:
         """Train `epoch`, validating where the schedule says; the status when the run stops there (early stopping,
         or a stop condition), else None."""
         self._notify("on_epoch_start", epoch)
-        sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # DistributedSampler: a new permutation each epoch
+        order = training_order(train_loader)
+        if order is not None:
+            order.set_epoch(epoch)  # the epoch's order and augmentation: functions of (seed, epoch, position) alone
         self.inside_epoch = True
         for epoch_over in self.train_parts(train_loader, epoch):
             # Each rank updated BatchNorm statistics (and the EMA's) from its own batches: average them, so
@@ -229,15 +229,20 @@ class Engine:
         pause the train totals of the steps since the last one go to `since_record`, with one reduction."""
         self.model.train()
         num_batches, accumulate = len(loader), self.loop.accumulate
-        scales = accumulation_scales(loader_batch_sizes(loader), num_batches, accumulate)
+        # Each micro-batch's mean loss is weighted by its share of its window's samples over all ranks (DDP averages
+        # the ranks' gradients): the gradient is the mean over the samples, uneven last batches included.
+        sizes = loader_batch_sizes(loader)
+        scales = accumulation_scales(sizes, num_batches, accumulate, loader_global_sizes(loader), self.place.world_size)
         # Inside an accumulation window DDP need not all-reduce: only the window's last backward does.
         defer_sync = accumulate > 1 and hasattr(self.model, "no_sync")
         steps = StepTotals(count_correct=self.since_record.count_correct)  # no accuracy for mixed targets or values
         skip_nonfinite = self.loop.on_nonfinite == "skip"
-        backwards, windows = 0, 0  # micro-batches of the open window that reached backward(); windows closed
+        backwards = 0  # micro-batches of the open window that reached backward()
+        # windows closed, and the first batch: a run resumed inside this epoch does not read the batches done
+        first, windows = continue_inside_epoch(self, steps, loader)
         self.since_record.start(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (inputs, targets) in enumerate(loader):
+        for i, (inputs, targets) in enumerate(loader, first):
             inputs, targets = self._to_device(inputs, targets)
             loss_targets = targets if self.target_values is None else self.target_values[targets]
             if self.mixup is not None:  # soft targets for the configured loss (every loss has a soft form)
@@ -253,7 +258,7 @@ class Engine:
                     scaled = loss if scales[i] == 1.0 else loss * scales[i]
                     (self.scaler.scale(scaled) if self.fp16 else scaled).backward()
                     backwards += 1
-            steps.add(loss, logits, targets)  # references only: no kernel, no host sync
+            steps.add(loss, logits, targets, None if sizes is None else sizes[i])  # references only: no kernel, no host sync
             self._notify("on_batch_end", "train")
             if not closes_window:
                 continue
@@ -272,6 +277,8 @@ class Engine:
                 steps = StepTotals(steps.count_correct, first_step=i + 1)
                 self.since_record.start(self.optimizer.param_groups[0]["lr"])
                 self.model.train()  # validation left it in eval mode
+            if i < num_batches - 1 and self.step_checkpoints.active:
+                write_step_checkpoint(self, steps, epoch, i + 1, windows)
         self.since_record.add(self._train_totals(steps, epoch, skip_nonfinite, num_batches))
         yield True
 

@@ -19,8 +19,29 @@ def run_dir_of(checkpoint: str) -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
 
 
-def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str) -> Tuple[Any, Dict[str, Any]]:
-    """The stored config (with the allowed overrides applied) and the checkpoint to continue from."""
+def auto_resume_target(run_dir: str):
+    """resume=auto: the run directory when it holds checkpoints/last.ckpt (continue it), else None (start there)."""
+    return run_dir if os.path.isfile(os.path.join(run_dir, "checkpoints", "last.ckpt")) else None
+
+
+def _differs(given: Any, stored: Any) -> bool:
+    """A value of the command line against the resumed run's stored one (paths are stored absolute; a group's
+    option by its name)."""
+    if isinstance(stored, dict) and "name" in stored:  # a group's option: data=image_folder
+        return str(given) != str(stored["name"])
+    if hasattr(given, "__len__") and not isinstance(given, str):  # a DictConfig or ListConfig: as plain values
+        from omegaconf import OmegaConf
+
+        given = OmegaConf.to_container(given, resolve=True)
+    if isinstance(given, str) and isinstance(stored, str) and os.path.isabs(stored):
+        return os.path.abspath(os.path.expanduser(given)) != stored
+    return given != stored and str(given) != str(stored)
+
+
+def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str, auto: bool = False) -> Tuple[Any, Dict[str, Any]]:
+    """The stored config (with the allowed overrides applied) and the checkpoint to continue from. `auto`
+    (resume=auto): the command line is the one that started the run, so its settings may be given again as
+    they were; one that differs from the stored run's is refused as with resume=<dir>."""
     from omegaconf import OmegaConf
 
     from trainer.checkpointing.checkpoint import read_checkpoint
@@ -31,7 +52,7 @@ def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str) -> Tuple
     missing = [key for key in needed if not (isinstance(state, dict) and key in state)]
     if missing:
         raise UserError(f"'{checkpoint}' cannot be resumed: it lacks {', '.join(missing)} (not a trainer checkpoint?)")
-    if state.get("mid_epoch"):  # a best or top-k checkpoint of a validation inside an epoch (val_check_interval)
+    if state.get("mid_epoch") and state.get("epoch_position") is None:  # best or top-k of a validation inside an epoch
         raise UserError(
             f"'{checkpoint}' was saved at a validation inside epoch {state['epoch'] + 1} (optimizer step "
             f"{state.get('optimizer_steps')}); a run resumes from the end of an epoch: resume={run_dir_of(checkpoint)} "
@@ -43,18 +64,30 @@ def load_resume_state(cfg, task_overrides: Sequence[str], run_dir: str) -> Tuple
             f"don't set hydra.run.dir or -m together with resume"
         )
     given = {}
+    stored_config = with_current_defaults(state["config"])
     for override in task_overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
         if key == "resume":
             continue
+        if auto and key not in RESUMABLE_OVERRIDES:
+            stored_value = OmegaConf.select(OmegaConf.create(stored_config), key)
+            stored_value = OmegaConf.to_container(stored_value) if hasattr(stored_value, "items") else stored_value
+            given_value = value if isinstance(stored_value, dict) else OmegaConf.select(cfg, key)
+            if not _differs(given_value, stored_value):
+                continue
+            shown = stored_value.get("name") if isinstance(stored_value, dict) else stored_value
+            raise UserError(
+                f"resume=auto: {run_dir} holds a run with {key}={shown}, not {value}; the same command "
+                f"continues it (only {', '.join(RESUMABLE_OVERRIDES)} may change), or choose a new hydra.run.dir"
+            )
         if key not in RESUMABLE_OVERRIDES:
             raise UserError(
                 f"{override} would change the meaning of the resumed run; with resume= only these may be set: "
                 f"{', '.join(RESUMABLE_OVERRIDES)}"
             )
         given[key] = OmegaConf.select(cfg, key)
-    stored = OmegaConf.create(with_current_defaults(state["config"]))
+    stored = OmegaConf.create(stored_config)
     for key, value in given.items():
         OmegaConf.update(stored, key, value)
     stored.resume = cfg.resume

@@ -26,7 +26,8 @@ def state_of(engine) -> Dict[str, Any]:
         "best_epoch": engine.best_epoch,
         "best_step": engine.best_step,
         "bad_epochs": engine.bad_epochs,
-        "mid_epoch": engine.inside_epoch,  # a best or top-k checkpoint of a validation inside an epoch: not resumable
+        "mid_epoch": engine.inside_epoch,  # inside an epoch: resumable only with its epoch_position (last.ckpt)
+        "epoch_position": engine.position,  # a step checkpoint's place in its epoch (engine/step_checkpoints.py)
         "since_record": engine.since_record.state(),
         "skipped_steps": engine.skipped_steps,
         "top_k": engine.files.top_k,
@@ -48,17 +49,19 @@ def load_into(engine, state: Dict[str, Any]) -> None:
     for key in ("epoch", "optimizer_steps", "best_value", "best_epoch", "bad_epochs", "skipped_steps", "history"):
         setattr(engine, key, state[key])
     engine.best_step = state.get("best_step")
+    engine.position = state.get("epoch_position")  # the epoch continues from there
     engine.since_record.load(state.get("since_record"), engine.device)
     engine.files.top_k = state["top_k"]
     ranks = state.get("rank_rng") or []  # a rank the checkpoint lacks (more processes) keeps its fresh seeding
     own = state if engine.place.rank == 0 else ranks[engine.place.rank] if len(ranks) == engine.place.world_size else None
-    engine._resumed_rng = None if own is None else (own["rng"], own.get("loader_rng"))
+    # Checkpoints of earlier versions also hold "loader_rng", the loader generator's state: the training order
+    # no longer draws from it (it is a function of the seed and the epoch), so it is not read.
+    engine._resumed_rng = None if own is None else own["rng"]
 
 
 def own_rng(engine) -> Dict[str, Any]:
-    """This process's random streams: Python, numpy, torch, and the training loader's shuffling."""
-    return {"rng": rng_state(),
-            "loader_rng": None if engine._train_generator is None else engine._train_generator.get_state()}
+    """This process's random streams: Python, numpy and torch (the training order is not one: trainer.data.sampling)."""
+    return {"rng": rng_state()}
 
 
 def summary_of(engine, status: str, error: Optional[str] = None) -> Dict[str, Any]:

@@ -27,7 +27,10 @@ class StepTotals:
         self._correct: List[torch.Tensor] = []
         self._checked = 0  # steps whose loss non_finite_since_check has looked at
 
-    def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor, size: Optional[int] = None) -> None:
+        """size: the batch's real samples where fewer than its rows (a rank's stand-in sample: trainer.data.sampling)."""
+        if size is not None and size < targets.shape[0]:
+            outputs, targets = outputs[:size], targets[:size]
         self.losses.append(loss.detach())
         self.sizes.append(targets.shape[0])
         if self.count_correct:

@@ -15,6 +15,7 @@ from trainer.engine import distributed
 from trainer.engine.loop import Engine
 from trainer.engine.place import current_place
 from trainer.engine.settings import LoopSettings
+from trainer.engine.step_checkpoints import StepCheckpoints
 from trainer.engine.validation_schedule import ValidationSchedule
 from trainer.errors import UserError
 from trainer.optim.optimizers import OPTIMIZERS
@@ -185,5 +186,6 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         run_info={"config": plain(cfg), "class_names": data.class_names},
         callbacks=callbacks if place.is_main else (),
         place=place,
+        step_checkpoints=StepCheckpoints(cfg.checkpoint.every_n_steps, cfg.checkpoint.every_minutes, place),
     )
     return engine, train_loader, val_loader

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.data.batches import batch_count
 from trainer.data.datasets import DATASETS
 from trainer.data.transforms import resolve_input
+from trainer.engine.step_checkpoints import check_checkpoint_settings
 from trainer.engine.validation_schedule import check_validation_settings
 from trainer.errors import UserError
 from trainer.evaluation.metrics import METRICS, REGRESSION_METRICS, default_mode
@@ -71,6 +72,7 @@ def check_config(cfg: DictConfig) -> None:
     batch_count(t.limit_val_batches, 1, "trainer.limit_val_batches")
     if cfg.checkpoint.save_top_k < 0:
         raise UserError(f"checkpoint.save_top_k={cfg.checkpoint.save_top_k} is not valid; use 0 (only best and last) or more")
+    check_checkpoint_settings(cfg.checkpoint, t)
     if cfg.mode not in (None, "min", "max"):
         raise UserError(f"mode={cfg.mode} is not valid; use min, max, or null (min for losses, max otherwise)")
     check_rates(cfg.optimizer.get("lr"), cfg.optimizer.get("weight_decay", 0.0), cfg.optimizer.get("head_lr"))

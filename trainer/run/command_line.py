@@ -28,11 +28,26 @@ def value_of(argv: List[str], key: str):
 def redirect_resumed_run(argv: List[str]) -> None:
     """Point Hydra at the resumed run's own directory (its .hydra/ is kept; the new one goes to .hydra/resumed)."""
     target = value_of(argv, "resume")
+    if target == "auto":
+        return redirect_auto_resume(argv)
     if target is None or value_of(argv, "hydra.run.dir") is not None or {"-m", "--multirun"} & set(argv):
         return
     checkpoint = checkpoint_of(target)
     if os.path.isfile(checkpoint):
         argv += [f"hydra.run.dir={run_dir_of(checkpoint)}", "hydra.output_subdir=.hydra/resumed"]
+
+
+def redirect_auto_resume(argv: List[str]) -> None:
+    """resume=auto continues the run in hydra.run.dir if it holds checkpoints/last.ckpt, else starts it there; a
+    sweep's jobs each in their own job directory. A timestamped directory (the default) is new every time: refused."""
+    if {"-m", "--multirun"} & set(argv):
+        return
+    run_dir = value_of(argv, "hydra.run.dir")
+    if run_dir is None:
+        refuse("resume=auto continues the run of a fixed run directory, and without hydra.run.dir each run gets a new "
+               "timestamped one: add hydra.run.dir=<dir> (the same in every restart), or give resume=<run dir>")
+    if os.path.isfile(os.path.join(run_dir, "checkpoints", "last.ckpt")):
+        argv.append("hydra.output_subdir=.hydra/resumed")  # the run's own .hydra/ is kept
 
 
 def output_dir_problem(argv: List[str]):
