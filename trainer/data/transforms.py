@@ -91,6 +91,22 @@ def eval_transform(spec: Dict[str, Any]):
     )
 
 
+def pixels_transform(spec: Dict[str, Any]):
+    """For the batched recipes (trainer.data.batch_augment): resize the shorter side to image_size, center-crop
+    it, and give the uint8 pixels as a (C, H, W) tensor; the training device crops, flips and normalises."""
+    from torchvision import transforms as T
+
+    interpolation = T.InterpolationMode(spec["interpolation"])
+    return T.Compose([T.Resize(spec["image_size"], interpolation=interpolation), T.CenterCrop(spec["image_size"]),
+                      T.PILToTensor()])
+
+
+def check_flips(hflip: float, vflip: float) -> None:
+    for key, p in (("hflip", hflip), ("vflip", vflip)):
+        if not 0 <= p <= 1:
+            raise UserError(f"data.{key}={p} is not valid; use a probability between 0 and 1")
+
+
 def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                     hflip: float = 0.5, vflip: float = 0.0, color_jitter: float = 0.4,
                     auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel",
@@ -155,7 +171,7 @@ def allow_zero_bit_posterize(transform) -> None:
 
 def build_mixup(num_classes: int, batch_size: int, mixup: float = 0.0, cutmix: float = 0.0, mixup_prob: float = 1.0,
                 mixup_switch_prob: float = 0.5, mixup_mode: str = "batch", label_smoothing: float = 0.1):
-    """timm's Mixup when mixup or cutmix is on, else None. It turns a batch's integer targets into
+    """timm's Mixup, drawing from position keys (trainer.data.mixing.KeyedMixup), when mixup or cutmix is on, else None. It turns a batch's integer targets into
     soft targets of shape (batch, num_classes), so it needs an even batch size. `label_smoothing`
     (data.label_smoothing) smooths those targets torch's way (1-s+s/C on each label) before the
     configured loss sees them; check_config refuses it next to a loss that smooths again."""
@@ -163,7 +179,7 @@ def build_mixup(num_classes: int, batch_size: int, mixup: float = 0.0, cutmix: f
         raise UserError(f"data.mixup={mixup}, data.cutmix={cutmix}: alphas must be >= 0 (0 = off)")
     if mixup == 0 and cutmix == 0:
         return None
-    from timm.data import Mixup
+    from trainer.data.mixing import KeyedMixup
 
     if mixup_mode not in ("batch", "pair", "elem"):
         raise UserError(f"data.mixup_mode={mixup_mode} is not valid; use batch, pair or elem")
@@ -174,7 +190,7 @@ def build_mixup(num_classes: int, batch_size: int, mixup: float = 0.0, cutmix: f
         raise UserError(f"data.label_smoothing={label_smoothing} is not valid; use a number in [0, 1)")
     if batch_size % 2:
         raise UserError(f"data.batch_size={batch_size}: mixup and cutmix pair up images, so use an even batch size")
-    return Mixup(
+    return KeyedMixup(
         mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob, mode=mixup_mode,
         label_smoothing=label_smoothing, num_classes=num_classes,
     )

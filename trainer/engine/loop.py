@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trainer.checkpointing.checkpoint import monitors_ema, set_rng_state
+from trainer.data.batch_augment import BatchTransform
 from trainer.data.batches import accumulation_scales, loader_batch_sizes
 from trainer.engine import run_state
 from trainer.engine.distributed import all_reduce_sum, all_gather_objects, average_buffers, gather_in_order, unwrap
@@ -51,7 +52,7 @@ class Engine:
         device: torch.device,
         loop: Optional[LoopSettings] = None,
         ema: Optional[Any] = None,
-        mixup: Optional[Any] = None,
+        batch_transform: Optional[BatchTransform] = None,
         target_values: Optional[torch.Tensor] = None,
         run_dir: Optional[str] = None,
         run_info: Optional[Dict[str, Any]] = None,
@@ -70,7 +71,9 @@ class Engine:
         self.schedule = schedule
         self.metric_names = list(metric_names)
         self.ema = ema
-        self.mixup = mixup
+        # Applied to each training batch on the device: batched augmentation, mixup/cutmix (trainer.data.batch_augment)
+        self.batch_transform = batch_transform or BatchTransform(seed=0)
+        self.mixup = self.batch_transform.mixup
         # Regression: label i stands for the number target_values[i]; the model predicts one value.
         self.target_values = None if target_values is None else target_values.to(device)
         if self.mixup is not None and self.target_values is not None:
@@ -239,9 +242,9 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader):
             inputs, targets = self._to_device(inputs, targets)
-            loss_targets = targets if self.target_values is None else self.target_values[targets]
-            if self.mixup is not None:  # soft targets for the configured loss (every loss has a soft form)
-                inputs, loss_targets = self.mixup(inputs, targets)
+            inputs, loss_targets = self.batch_transform(inputs, targets, epoch, i)  # augmentation; mixup: soft targets
+            if self.target_values is not None:
+                loss_targets = self.target_values[targets]
             closes_window = (i + 1) % accumulate == 0 or i == num_batches - 1
             with self.model.no_sync() if defer_sync and not closes_window else contextlib.nullcontext():
                 with self._autocast():
