@@ -104,6 +104,7 @@ def test_recipes_are_chosen_by_image_size_in_one_line_and_bad_names_are_refused(
         folder_data(folder, augment="cifar")
     with pytest.raises(UserError, match="data.re_prob works with data.augment=imagenet"):
         folder_data(folder, augment="small", re_prob=0.25)
+    assert choose_recipe(None, 32, auto_augment="rand-m9") == "imagenet"  # timm's per-image operations asked for
     imagenet = folder_data(folder, augment="imagenet")
     assert next(iter(imagenet.train_loader))[0].dtype == torch.float32 and imagenet.batch_transform.shift_pad is None
     small = folder_data(folder, augment="small", image_size=16)

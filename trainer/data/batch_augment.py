@@ -18,7 +18,6 @@ import logging
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from trainer.data.positions import position_keys, uniforms
 from trainer.errors import UserError
@@ -45,15 +44,20 @@ def recipe_named(augment) -> Optional[str]:
     return augment
 
 
-def choose_recipe(augment, image_size: int) -> str:
-    """data.augment as a recipe name; null picks by the input size, in one log line."""
-    augment = recipe_named(augment)
-    if augment is None:
-        recipe = "small" if image_size <= SMALL_IMAGES else "imagenet"
-        log.info(f"data.augment={recipe}: chosen for {image_size} px inputs (small up to {SMALL_IMAGES} px, "
-                 "else imagenet); set data.augment to choose")
-        return recipe
-    return augment
+def choose_recipe(augment, image_size: int, auto_augment: Optional[str] = None, re_prob: float = 0.0) -> str:
+    """data.augment as a recipe name; null picks by the input size (imagenet where data.auto_augment or
+    data.re_prob asks for timm's per-image operations), in one log line."""
+    recipe = recipe_named(augment)
+    if recipe is None:
+        per_image = "data.auto_augment" if auto_augment else "data.re_prob" if re_prob > 0 else None
+        recipe = "small" if image_size <= SMALL_IMAGES and not per_image else "imagenet"
+        reason = f"because {per_image} is set" if per_image else f"for {image_size} px inputs (small up to {SMALL_IMAGES} px, else imagenet)"
+        log.info(f"data.augment={recipe}: chosen {reason}; set data.augment to choose")
+    elif recipe in BATCHED and (auto_augment or re_prob > 0):
+        key = "data.auto_augment" if auto_augment else "data.re_prob"
+        raise UserError(f"{key} works with data.augment=imagenet (timm's per-image transforms), not with "
+                        f"data.augment={recipe}; set data.augment=imagenet, or leave {key} unset")
+    return recipe
 
 
 def recipe_hflip(recipe: str, hflip: Optional[float]) -> float:
@@ -62,14 +66,6 @@ def recipe_hflip(recipe: str, hflip: Optional[float]) -> float:
     if hflip is not None:
         return hflip
     return 0.5 if recipe == "imagenet" else 0.0
-
-
-def require_batched_settings(recipe: str, auto_augment, re_prob: float) -> None:
-    """Settings that only the per-image (timm) recipes carry out."""
-    if recipe in BATCHED and (auto_augment or re_prob > 0):
-        key = "data.auto_augment" if auto_augment else "data.re_prob"
-        raise UserError(f"{key} works with data.augment=imagenet (timm's per-image transforms), not with "
-                        f"data.augment={recipe}; set data.augment=imagenet, or leave {key} unset")
 
 
 def batch_keys(seed: int, epoch: int, batch_index: int, rank: int, n: int) -> torch.Tensor:
@@ -89,7 +85,9 @@ def pad_crop_flip(images: torch.Tensor, pad: int, top: torch.Tensor, left: torch
     image j padded with zeros (black), cropped at (top[j], left[j]) in the padded image, mirrored
     where hflip[j] (vflip[j]). One gather for the whole batch, in the images' own dtype."""
     n, c, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
+    # (not F.pad: on a CPU its parallel kernel takes milliseconds for a batch this small when the cores are busy)
+    padded = images.new_zeros(n, c, h + 2 * pad, w + 2 * pad)
+    padded[:, :, pad:pad + h, pad:pad + w] = images
     rows, cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
     rows = top[:, None] + torch.where(vflip[:, None], h - 1 - rows, rows)
     cols = left[:, None] + torch.where(hflip[:, None], w - 1 - cols, cols)

@@ -19,11 +19,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.config.registry import Registry
 from trainer.data import image_cache, images
-from trainer.data.batch_augment import (BATCHED, BatchTransform, choose_recipe, recipe_hflip, recipe_named,
-                                       require_batched_settings)
+from trainer.data.batch_augment import (BATCHED, BatchTransform, choose_recipe, recipe_hflip, recipe_named)
 from trainer.data.file_checks import checked_files
 from trainer.data.loaders import ImageLoader, make_loaders
-from trainer.data.transforms import (build_mixup, check_flips, decode_size, eval_transform, pixels_transform,
+from trainer.data.transforms import (build_mixup, check_augmentation, decode_size, eval_transform, pixels_transform,
                                      resolve_input, train_transform)
 from trainer.errors import UserError
 
@@ -212,12 +211,11 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
     if not paths:
         raise UserError(f"{source}: no readable image is left")
     spec = resolve_input(model_name, channels, image_size, mean, std, interpolation, crop_pct)
-    recipe = choose_recipe(augmentation.pop("augment"), spec["image_size"])
-    require_batched_settings(recipe, augmentation["auto_augment"], augmentation["re_prob"])
+    recipe = choose_recipe(augmentation.pop("augment"), spec["image_size"], augmentation["auto_augment"], augmentation["re_prob"])
     augmentation["hflip"] = recipe_hflip(recipe, augmentation["hflip"])
+    check_augmentation(**augmentation)
     eval_tf = eval_transform(spec)
     if recipe in BATCHED:
-        check_flips(augmentation["hflip"], augmentation["vflip"])
         train_tf, train_size = pixels_transform(spec), decode_size(dict(spec, crop_pct=1.0))
     elif recipe == "imagenet":
         train_tf, train_size = train_transform(spec, **augmentation), decode_size(spec, augmentation["scale"])

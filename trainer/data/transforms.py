@@ -101,20 +101,9 @@ def pixels_transform(spec: Dict[str, Any]):
                       T.PILToTensor()])
 
 
-def check_flips(hflip: float, vflip: float) -> None:
-    for key, p in (("hflip", hflip), ("vflip", vflip)):
-        if not 0 <= p <= 1:
-            raise UserError(f"data.{key}={p} is not valid; use a probability between 0 and 1")
-
-
-def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                    hflip: float = 0.5, vflip: float = 0.0, color_jitter: float = 0.4,
-                    auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel",
-                    re_count: int = 1):
-    from timm.data import create_transform
-
-    if not augment:
-        return eval_transform(spec)
+def check_augmentation(scale, ratio, hflip: float, vflip: float, color_jitter: float, re_prob: float, re_mode: str,
+                       **unchecked) -> None:
+    """The augmentation settings, checked whichever recipe uses them."""
     scale, ratio = tuple(scale), tuple(ratio)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise UserError(f"data.scale={list(scale)} is not valid; use [min, max] with 0 < min <= max <= 1")
@@ -127,9 +116,22 @@ def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0
         raise UserError(f"data.re_mode={re_mode} is not valid; use const, rand or pixel")
     if color_jitter < 0:
         raise UserError(f"data.color_jitter={color_jitter} is not valid; use a number >= 0 (0 = off)")
+
+
+def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                    hflip: float = 0.5, vflip: float = 0.0, color_jitter: float = 0.4,
+                    auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel",
+                    re_count: int = 1):
+    """timm's training transform (data.augment=imagenet): random-resized-crop, flips, colour jitter or an
+    auto-augment policy, random erasing; per image, in the loader."""
+    from timm.data import create_transform
+
+    if not augment:
+        return eval_transform(spec)
+    check_augmentation(scale, ratio, hflip, vflip, color_jitter, re_prob, re_mode)
     try:
         transform = create_transform(
-            spec["image_size"], is_training=True, scale=scale, ratio=ratio, hflip=hflip, vflip=vflip,
+            spec["image_size"], is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, vflip=vflip,
             color_jitter=color_jitter or None, auto_augment=auto_augment or None,
             interpolation=spec["interpolation"], mean=spec["mean"], std=spec["std"],
             re_prob=re_prob, re_mode=re_mode, re_count=re_count,
