@@ -131,3 +131,11 @@ def test_the_readme_digit_images_train_well_with_the_default_recipe(tmp_path):
     assert "data.augment=small: chosen for 32 px inputs" in result.stdout + result.stderr
     final = read_csv(tmp_path / "run" / "metrics.csv")[-1]
     assert float(final["val/accuracy"]) >= 0.95, final
+
+
+def test_a_channels_last_batch_stays_channels_last():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    transform = BatchTransform(seed=0, shift_pad=1, mean=(0.5,), std=(0.5,))
+    out, _ = transform(images, torch.zeros(4), 1, 0)
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+    assert transform(images.contiguous(), torch.zeros(4), 1, 0)[0].equal(out)

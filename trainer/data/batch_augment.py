@@ -123,6 +123,8 @@ class BatchTransform:
         draw = lambda stream: uniforms(keys, stream).to(images.device)  # noqa: E731
         top, left = (draw(CROP_Y) * span).long(), (draw(CROP_X) * span).long()
         shifted = pad_crop_flip(images, self.shift_pad, top, left, draw(HFLIP) < self.hflip, draw(VFLIP) < self.vflip)
+        if images.dim() == 4 and not images.is_contiguous():  # the engine's channels_last (trainer.channels_last)
+            shifted = shifted.contiguous(memory_format=torch.channels_last)
         return self.normalise(shifted)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
