@@ -2,9 +2,9 @@
 choice drawn from the position of what it changes (trainer.data.positions), never from a global stream.
 
     recipe     where it runs                  what it does to each training image
-    small      in batches, training device    pad by image_size/8 (black), random crop back, flips
-    light      in batches, training device    pad by image_size/16 (black), random crop back, flips
-    imagenet   per image, loader workers      timm's random-resized-crop, flips, colour jitter (PIL)
+    small      in batches, training device    pad by image_size/8 (black), random crop back; flips if asked
+    light      in batches, training device    pad by image_size/16 (black), random crop back; flips if asked
+    imagenet   per image, loader workers      timm's random-resized-crop, flip, colour jitter (PIL)
     none       per image, loader workers      the evaluation transform (resize, center crop)
 
 For a batched recipe the loader yields uint8 images at the input size (decoded once when cached);
