@@ -21,7 +21,6 @@ subprocess (so that its peak memory is its own): images/s of each epoch (the fir
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys

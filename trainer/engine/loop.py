@@ -243,7 +243,7 @@ class Engine:
         for i, (inputs, targets) in enumerate(loader):
             inputs, targets = self._to_device(inputs, targets)
             inputs, loss_targets = self.batch_transform(inputs, targets, epoch, i)  # augmentation; mixup: soft targets
-            if self.target_values is not None:
+            if self.target_values is not None:  # regression (never mixed): the number each label stands for
                 loss_targets = self.target_values[targets]
             closes_window = (i + 1) % accumulate == 0 or i == num_batches - 1
             with self.model.no_sync() if defer_sync and not closes_window else contextlib.nullcontext():
