@@ -1,4 +1,4 @@
-"""What one process of a run draws: its first augmented training batch and a dropout pass of its model.
+"""What one process of a run draws: its first training batch as the engine augments it and a dropout pass of its model.
 
     [torchrun --nproc_per_node=N] tests/rank_draws.py OUT_DIR OVERRIDE...
 
@@ -25,7 +25,8 @@ def main(out_dir: str, overrides) -> None:
     with initialize_config_dir(CONF_DIR, version_base=None):
         cfg = compose("train", overrides=["progress=false", *overrides])
     engine, train_loader, _ = assembly.assemble(cfg, None)
-    inputs, _ = next(iter(train_loader))
+    inputs, targets = next(iter(train_loader))
+    inputs, _ = engine.batch_transform(inputs, targets, 1, 0)  # the first batch as the engine augments it
     model = distributed.unwrap(engine.model).train()
     # the same input on every rank, made without touching the global random streams
     fixed = torch.randn(4, *inputs.shape[1:], generator=torch.Generator().manual_seed(123))

@@ -284,9 +284,10 @@ def test_large_jpegs_are_decoded_at_a_reduced_size_that_keeps_what_the_transform
 
 
 def test_loaders_decode_at_the_size_their_transform_needs(folder):
-    data = folder_data(folder, scale=[0.25, 1.0])
+    data = folder_data(folder, augment="imagenet", scale=[0.25, 1.0])
     assert data.train_loader.dataset.decode_size == 32 and data.val_loader.dataset.decode_size == 16
     assert folder_data(folder, augment=False).train_loader.dataset.decode_size == 16
+    assert folder_data(folder, augment="small").train_loader.dataset.decode_size == 16  # crops pad, never enlarge
 
 
 def test_mixup_trains_through_the_engine(folder, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_env, read_csv, read_json, run_module
+from conftest import cli_env, read_csv, read_json
 from image_files import write_image_folder
 
 # Counts the images decoded for the loaders (calls of PIL.Image.open from trainer.data.images.load_image),

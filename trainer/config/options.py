@@ -256,18 +256,22 @@ class ImageData:
     std: Optional[List[float]] = None
     interpolation: Optional[str] = None  # bilinear | bicubic | nearest | ...
     crop_pct: Optional[float] = None  # evaluation: resize to image_size / crop_pct, then center-crop
-    # training augmentation, by timm.data.create_transform
-    augment: bool = True  # false: training images get the evaluation transform
-    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
+    # training augmentation (trainer.data.batch_augment): small | light (pad, random crop, flips: in batches on
+    # the training device) | imagenet (timm's per-image transforms, the settings below) | none (the
+    # evaluation transform); null: small for inputs up to 64 px, else imagenet (logged)
+    augment: Optional[str] = None
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # imagenet: random-resized-crop area range
     ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random-resized-crop aspect range
-    hflip: float = 0.5
+    # null: the recipe's own: 0.5 for imagenet; 0 for small and light, whose images are often digits or
+    # letters, which a mirror turns into other symbols (photos such as CIFAR's: data.hflip=0.5)
+    hflip: Optional[float] = None
     vflip: float = 0.0
     color_jitter: float = 0.4  # ignored by timm when auto_augment is set
     auto_augment: Optional[str] = None  # timm string: rand-m9-mstd0.5 (RandAugment), rand-n1-m10-mstd101-p1, augmix-m5-w4-d2
     re_prob: float = 0.0  # random erasing probability
     re_mode: str = "pixel"  # const | rand | pixel
     re_count: int = 1
-    # mixup / cutmix on training batches (timm.data.Mixup): active when mixup > 0 or cutmix > 0
+    # mixup / cutmix on training batches (timm's Mixup, drawn by position): active when mixup > 0 or cutmix > 0
     mixup: float = 0.0  # mixup alpha
     cutmix: float = 0.0  # cutmix alpha
     mixup_prob: float = 1.0  # probability of mixing a batch (or element, by mixup_mode)

@@ -19,9 +19,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.config.registry import Registry
 from trainer.data import image_cache, images
+from trainer.data.batch_augment import (BATCHED, BatchTransform, choose_recipe, recipe_hflip, recipe_named)
 from trainer.data.file_checks import checked_files
 from trainer.data.loaders import ImageLoader, make_loaders
-from trainer.data.transforms import build_mixup, decode_size, eval_transform, resolve_input, train_transform
+from trainer.data.transforms import (build_mixup, check_augmentation, decode_size, eval_transform, pixels_transform,
+                                     resolve_input, train_transform)
 from trainer.errors import UserError
 
 DATASETS = Registry("dataset")
@@ -35,13 +37,18 @@ class DataBundle:
     class_names: List[str]
     in_chans: int
     train_labels: np.ndarray  # for class weights and samplers
-    # timm.data.Mixup when data.mixup or data.cutmix > 0, else None. The engine applies it to each
-    # training batch, `inputs, soft_targets = mixup(inputs, targets)`, and gives the (batch, classes)
-    # soft targets to the configured loss (each has a soft form); validation keeps the labels.
-    mixup: Optional[Any] = None
+    # What the engine does to each training batch on its device (trainer.data.batch_augment.BatchTransform):
+    # the batched recipes' crops, flips and normalisation, then mixup/cutmix, whose (batch, classes) soft
+    # targets go to the configured loss (each has a soft form); validation keeps the labels. None: nothing.
+    batch_transform: Optional[BatchTransform] = None
     # digits only: the (mean, std) of the training split its in-memory tensors (pixel values / 16) were
     # normalised by, which an exported model's users must apply too. Image files: the transform's, from the config.
     tensor_normalisation: Optional[Tuple[float, float]] = None
+
+    @property
+    def mixup(self):
+        """The KeyedMixup (a timm Mixup) of the batch transform, or None."""
+        return getattr(self.batch_transform, "mixup", None)
 
     @property
     def num_classes(self) -> int:
@@ -189,6 +196,7 @@ def pipeline_settings(arguments: Dict[str, Any], *own_keys: str) -> Dict[str, An
     """A builder's arguments less those that only say where its files are: what image_bundle takes.
     Settings that cost nothing to check are checked here, before the files are."""
     image_cache.require_mode(arguments["cache"])
+    recipe_named(arguments["augment"])
     return {key: value for key, value in arguments.items() if key not in own_keys}
 
 
@@ -203,7 +211,16 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
     if not paths:
         raise UserError(f"{source}: no readable image is left")
     spec = resolve_input(model_name, channels, image_size, mean, std, interpolation, crop_pct)
-    train_tf, eval_tf = train_transform(spec, **augmentation), eval_transform(spec)
+    recipe = choose_recipe(augmentation.pop("augment"), spec["image_size"], augmentation["auto_augment"], augmentation["re_prob"])
+    augmentation["hflip"] = recipe_hflip(recipe, augmentation["hflip"])
+    check_augmentation(**augmentation)
+    eval_tf = eval_transform(spec)
+    if recipe in BATCHED:
+        train_tf, train_size = pixels_transform(spec), decode_size(dict(spec, crop_pct=1.0))
+    elif recipe == "imagenet":
+        train_tf, train_size = train_transform(spec, **augmentation), decode_size(spec, augmentation["scale"])
+    else:
+        train_tf, train_size = eval_tf, decode_size(spec)
     index = {name: i for i, name in enumerate(class_names)}
     paths, targets = np.asarray(paths, dtype=object), np.asarray([index[label] for label in labels], dtype=np.int64)
     kept = subsample_classes(targets, class_names, class_fraction, seed)
@@ -217,7 +234,9 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
         train = (paths, targets)
         val = (np.asarray(val[0], dtype=object), np.asarray([index[label] for label in val[1]], dtype=np.int64))
     mix = build_mixup(len(class_names), batch_size, mixup, cutmix, mixup_prob, mixup_switch_prob, mixup_mode, label_smoothing)
-    train_size = decode_size(spec, augmentation["scale"] if augmentation["augment"] else None)
+    shift_pad = max(1, spec["image_size"] // BATCHED[recipe]) if recipe in BATCHED else None
+    batch_transform = BatchTransform(seed, shift_pad, augmentation["hflip"], augmentation["vflip"], spec["mean"],
+                                     spec["std"], mix)
     val_size, fit = decode_size(spec), spec["interpolation"]
     stores = image_cache.build_stores(cache, cache_dir, [(train[0], train_size), (val[0], val_size)], facts, channels, fit)
     train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files, decode_size=train_size,
@@ -231,4 +250,4 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
         f"data: {len(train_set)} training and {len(val_set)} validation images of {len(class_names)} classes "
         f"from {source}; input {channels}x{spec['image_size']}x{spec['image_size']}"
     )
-    return DataBundle(train_loader, val_loader, list(class_names), channels, train[1], mixup=mix)
+    return DataBundle(train_loader, val_loader, list(class_names), channels, train[1], batch_transform=batch_transform)

@@ -110,14 +110,19 @@ class FiveCropTransform:
         return torch.stack([self.after(view) for view in self.five(self.before(img))])
 
 
-def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                    hflip: float = 0.5, vflip: float = 0.0, color_jitter: float = 0.4,
-                    auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel",
-                    re_count: int = 1):
-    from timm.data import create_transform
+def pixels_transform(spec: Dict[str, Any]):
+    """For the batched recipes (trainer.data.batch_augment): resize the shorter side to image_size, center-crop
+    it, and give the uint8 pixels as a (C, H, W) tensor; the training device crops, flips and normalises."""
+    from torchvision import transforms as T
 
-    if not augment:
-        return eval_transform(spec)
+    interpolation = T.InterpolationMode(spec["interpolation"])
+    return T.Compose([T.Resize(spec["image_size"], interpolation=interpolation), T.CenterCrop(spec["image_size"]),
+                      T.PILToTensor()])
+
+
+def check_augmentation(scale, ratio, hflip: float, vflip: float, color_jitter: float, re_prob: float, re_mode: str,
+                       **unchecked) -> None:
+    """The augmentation settings, checked whichever recipe uses them."""
     scale, ratio = tuple(scale), tuple(ratio)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise UserError(f"data.scale={list(scale)} is not valid; use [min, max] with 0 < min <= max <= 1")
@@ -130,9 +135,22 @@ def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0
         raise UserError(f"data.re_mode={re_mode} is not valid; use const, rand or pixel")
     if color_jitter < 0:
         raise UserError(f"data.color_jitter={color_jitter} is not valid; use a number >= 0 (0 = off)")
+
+
+def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                    hflip: float = 0.5, vflip: float = 0.0, color_jitter: float = 0.4,
+                    auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel",
+                    re_count: int = 1):
+    """timm's training transform (data.augment=imagenet): random-resized-crop, flips, colour jitter or an
+    auto-augment policy, random erasing; per image, in the loader."""
+    from timm.data import create_transform
+
+    if not augment:
+        return eval_transform(spec)
+    check_augmentation(scale, ratio, hflip, vflip, color_jitter, re_prob, re_mode)
     try:
         transform = create_transform(
-            spec["image_size"], is_training=True, scale=scale, ratio=ratio, hflip=hflip, vflip=vflip,
+            spec["image_size"], is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, vflip=vflip,
             color_jitter=color_jitter or None, auto_augment=auto_augment or None,
             interpolation=spec["interpolation"], mean=spec["mean"], std=spec["std"],
             re_prob=re_prob, re_mode=re_mode, re_count=re_count,
@@ -174,7 +192,7 @@ def allow_zero_bit_posterize(transform) -> None:
 
 def build_mixup(num_classes: int, batch_size: int, mixup: float = 0.0, cutmix: float = 0.0, mixup_prob: float = 1.0,
                 mixup_switch_prob: float = 0.5, mixup_mode: str = "batch", label_smoothing: float = 0.1):
-    """timm's Mixup when mixup or cutmix is on, else None. It turns a batch's integer targets into
+    """timm's Mixup, drawing from position keys (trainer.data.mixing.KeyedMixup), when mixup or cutmix is on, else None. It turns a batch's integer targets into
     soft targets of shape (batch, num_classes), so it needs an even batch size. `label_smoothing`
     (data.label_smoothing) smooths those targets torch's way (1-s+s/C on each label) before the
     configured loss sees them; check_config refuses it next to a loss that smooths again."""
@@ -182,7 +200,7 @@ def build_mixup(num_classes: int, batch_size: int, mixup: float = 0.0, cutmix: f
         raise UserError(f"data.mixup={mixup}, data.cutmix={cutmix}: alphas must be >= 0 (0 = off)")
     if mixup == 0 and cutmix == 0:
         return None
-    from timm.data import Mixup
+    from trainer.data.mixing import KeyedMixup
 
     if mixup_mode not in ("batch", "pair", "elem"):
         raise UserError(f"data.mixup_mode={mixup_mode} is not valid; use batch, pair or elem")
@@ -193,7 +211,7 @@ def build_mixup(num_classes: int, batch_size: int, mixup: float = 0.0, cutmix: f
         raise UserError(f"data.label_smoothing={label_smoothing} is not valid; use a number in [0, 1)")
     if batch_size % 2:
         raise UserError(f"data.batch_size={batch_size}: mixup and cutmix pair up images, so use an even batch size")
-    return Mixup(
+    return KeyedMixup(
         mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob, mode=mixup_mode,
         label_smoothing=label_smoothing, num_classes=num_classes,
     )

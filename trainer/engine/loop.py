@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trainer.checkpointing.checkpoint import monitors_ema, set_rng_state
+from trainer.data.batch_augment import BatchTransform
 from trainer.data.batches import accumulation_scales, loader_batch_sizes, loader_global_sizes
 from trainer.data.sampling import training_order
 from trainer.engine import run_state
@@ -53,7 +54,7 @@ class Engine:
         device: torch.device,
         loop: Optional[LoopSettings] = None,
         ema: Optional[Any] = None,
-        mixup: Optional[Any] = None,
+        batch_transform: Optional[BatchTransform] = None,
         target_values: Optional[torch.Tensor] = None,
         run_dir: Optional[str] = None,
         run_info: Optional[Dict[str, Any]] = None,
@@ -73,7 +74,9 @@ class Engine:
         self.schedule = schedule
         self.metric_names = list(metric_names)
         self.ema = ema
-        self.mixup = mixup
+        # Applied to each training batch on the device: batched augmentation, mixup/cutmix (trainer.data.batch_augment)
+        self.batch_transform = batch_transform or BatchTransform(seed=0)
+        self.mixup = self.batch_transform.mixup
         # Regression: label i stands for the number target_values[i]; the model predicts one value.
         self.target_values = None if target_values is None else target_values.to(device)
         if self.mixup is not None and self.target_values is not None:
@@ -240,13 +243,14 @@ class Engine:
         backwards = 0  # micro-batches of the open window that reached backward()
         # windows closed, and the first batch: a run resumed inside this epoch does not read the batches done
         first, windows = continue_inside_epoch(self, steps, loader)
+        order = training_order(loader)  # the epoch's sampler: each sample's augmentation is keyed by its position
         self.since_record.start(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets) in enumerate(loader, first):
             inputs, targets = self._to_device(inputs, targets)
-            loss_targets = targets if self.target_values is None else self.target_values[targets]
-            if self.mixup is not None:  # soft targets for the configured loss (every loss has a soft form)
-                inputs, loss_targets = self.mixup(inputs, targets)
+            inputs, loss_targets = self.batch_transform(inputs, targets, epoch, i, order)  # augmentation; mixup: soft targets
+            if self.target_values is not None:  # regression (never mixed): the number each label stands for
+                loss_targets = self.target_values[targets]
             closes_window = (i + 1) % accumulate == 0 or i == num_batches - 1
             with self.model.no_sync() if defer_sync and not closes_window else contextlib.nullcontext():
                 with self._autocast():

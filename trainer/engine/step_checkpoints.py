@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
