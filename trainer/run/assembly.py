@@ -185,5 +185,6 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         run_info={"config": plain(cfg), "class_names": data.class_names},
         callbacks=callbacks if place.is_main else (),
         place=place,
+        val_ids=data.val_ids,
     )
     return engine, train_loader, val_loader
