@@ -11,10 +11,8 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
+from trainer.config.options import SCHEMAS, field_defaults
 from trainer.errors import UserError
-
-# Every dataset schema states val_fraction's default as 0.2 (trainer.config.options); a fold split replaces it.
-DEFAULT_VAL_FRACTION = 0.2
 
 
 def check_fold_settings(data: Any) -> None:
@@ -40,7 +38,10 @@ def check_fold_settings(data: Any) -> None:
         if data.get(key) is not None:
             raise UserError(f"data.{key}={data.get(key)} and data.folds={folds} both choose the validation set; "
                             f"with folds, fold data.fold is the validation set: drop data.{key} or data.folds")
-    if data.get("val_fraction", DEFAULT_VAL_FRACTION) != DEFAULT_VAL_FRACTION:
+    # a fold replaces val_fraction's split: only a val_fraction the user changed from its schema's default clashes
+    schema = SCHEMAS["data"].get(data.get("name"))
+    default = field_defaults(schema).get("val_fraction") if schema else data.get("val_fraction")
+    if data.get("val_fraction") is not None and data.get("val_fraction") != default:
         raise UserError(f"data.val_fraction={data.val_fraction} and data.folds={folds} both choose the validation set; "
                         f"with folds each fold holds 1/{folds} of the images: drop data.val_fraction or data.folds")
 
