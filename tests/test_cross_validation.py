@@ -23,15 +23,14 @@ def oof_table(path):
 
 def test_five_folds_of_two_recipes(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_module("trainer", "-m", "experiment=cv5", "loss=ce,focal", "trainer.max_epochs=2",
-                        "data.batch_size=32", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = run_module("trainer", "-m", "experiment=cv5", "loss=ce,focal", "trainer.max_epochs=1",
+                        "data.batch_size=16", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     target = load_digits().target
     reference = {}  # the folds as scikit-learn makes them from the dataset and the run's seed (0) alone
     for number, (_, held_out) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(target, target)):
         reference.update({str(i): number for i in held_out})
     summary = read_json(sweep_dir / "cv_summary.json")
-    assert [r["overrides"]["loss"] for r in summary["recipes"]] != []
     assert {r["overrides"]["loss"] for r in summary["recipes"]} == {"ce", "focal"}
     scores = [r["oof"]["f1"] for r in summary["recipes"]]
     assert scores == sorted(scores, reverse=True)  # ranked by the monitor, val/f1 (max)
@@ -87,7 +86,7 @@ def test_folds_of_an_image_folder_and_a_csv_with_groups(tmp_path):
     for n in range(24):
         label = n % 2
         path = write_image(tmp_path / "csv" / "images" / f"{n:03d}", 100 + n, n)
-        csv_rows.append((path.name, str(label), f"patient{n // 6 * 2 + label}"))
+        csv_rows.append((f"images/{path.name}", str(label), f"patient{n // 6 * 2 + label}"))
     csv_path = write_csv(tmp_path / "csv" / "train.csv", csv_rows, header=("image", "label", "patient"))
     sweep_dir = tmp_path / "csv_sweep"
     result = run_module("trainer", "-m", "data=csv", f"data.csv={csv_path}", "data.group_column=patient",
