@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> float:
             from trainer.run.end_of_run import report_best_checkpoint
 
             report_best_checkpoint(engine, val_loader, run_dir, engine.run_info["class_names"], engine.place.is_main,
-                                   show=HydraConfig.get().mode != RunMode.MULTIRUN)
+                                   show=HydraConfig.get().mode != RunMode.MULTIRUN, data=cfg.data)
     finally:
         stop_workers(train_loader, val_loader)  # now, not during the interpreter's teardown
         for callback in engine.callbacks:  # trackers upload the reports written above and close their runs

@@ -2,9 +2,12 @@
 
     run dir    (metrics.csv or summary.json)   the per-epoch table; curves.png from metrics.csv
     sweep dir  (job dirs with .hydra/)          the jobs best first; sweep_summary.csv, sweep_seeds.csv
-                                                when seeds repeat, sweep.png, and each job's curves.png
+                                                when seeds repeat, sweep.png, and each job's curves.png;
+                                                with folds (data.folds) the recipes by out-of-fold score:
+                                                cv_summary.json, oof_predictions.csv, oof_confusion_matrix.png
 
-The same reports end every sweep (trainer.sweeps.callback). Imports neither torch nor Hydra's app.
+The same reports end every sweep (trainer.sweeps.callback). Imports neither torch nor Hydra's app (torch only
+to score a sweep with folds, with the project's metrics).
 """
 
 import argparse

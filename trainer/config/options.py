@@ -25,6 +25,10 @@ class DigitsData:
     # class name -> fraction of its images kept (seeded, before the split), e.g. {3: 0.1}; null keeps all.
     # Typed Any: Hydra cannot override a null Dict-typed node from the command line; the builder checks it.
     class_fraction: Any = None
+    # cross-validation (trainer.data.folds): fold `fold` of `folds` stratified, seeded folds is the validation
+    # set, in place of val_fraction; null: no folds. All folds: python -m trainer -m data.folds=5 'data.fold=range(5)'
+    folds: Optional[int] = None
+    fold: Optional[int] = None
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -291,6 +295,10 @@ class ImageData:
     # the decoded-image files (data.cache=disk) and what the file check has verified;
     # null: $XDG_CACHE_HOME/trainer, or ~/.cache/trainer when XDG_CACHE_HOME is not set
     cache_dir: Optional[str] = None
+    # cross-validation (trainer.data.folds): fold `fold` of `folds` stratified, seeded folds is the validation
+    # set, in place of val_fraction; null: no folds. All folds: python -m trainer -m data.folds=5 'data.fold=range(5)'
+    folds: Optional[int] = None
+    fold: Optional[int] = None
 
 
 @dataclass
@@ -309,6 +317,9 @@ class CsvData(ImageData):
     label_column: str = "label"
     path_suffix: str = ""  # appended to every path, for CSVs of ids without extension (e.g. .jpg)
     val_csv: Optional[str] = None  # same columns and image_dir; when null, data.val_fraction is held out
+    # with data.folds: a column naming each image's group (patient, person, product); a group's images stay
+    # in one fold (scikit-learn's StratifiedGroupKFold)
+    group_column: Optional[str] = None
 
 
 SCHEMAS = {

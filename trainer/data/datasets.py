@@ -9,6 +9,7 @@ Order of the work for image files: list, check (bad files refused or left out), 
 """
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -21,6 +22,7 @@ from trainer.config.registry import Registry
 from trainer.data import image_cache, images
 from trainer.data.batch_augment import (BATCHED, BatchTransform, choose_recipe, recipe_hflip, recipe_named)
 from trainer.data.file_checks import checked_files
+from trainer.data.folds import csv_groups, fold_split
 from trainer.data.loaders import ImageLoader, make_loaders
 from trainer.data.transforms import (build_mixup, check_augmentation, decode_size, eval_transform, pixels_transform,
                                      resolve_input, train_transform)
@@ -44,6 +46,9 @@ class DataBundle:
     # digits only: the (mean, std) of the training split its in-memory tensors (pixel values / 16) were
     # normalised by, which an exported model's users must apply too. Image files: the transform's, from the config.
     tensor_normalisation: Optional[Tuple[float, float]] = None
+    # what names each validation image, in the validation order (oof_predictions.csv): its path relative to
+    # data.root, the CSV's path column as written, or digits' index in scikit-learn's dataset
+    val_ids: Optional[List[str]] = None
 
     @property
     def mixup(self):
@@ -107,7 +112,8 @@ def subsample_classes(labels: np.ndarray, class_names: Sequence[str], class_frac
 
 @DATASETS.register("digits")
 def digits(batch_size: int, val_fraction: float, image_size: int, num_workers: int, sampler: str,
-           class_fraction: Optional[Dict[Any, float]], *, seed: int, pin_memory: bool = False) -> DataBundle:
+           class_fraction: Optional[Dict[Any, float]], folds: Optional[int], fold: Optional[int], *, seed: int,
+           pin_memory: bool = False) -> DataBundle:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): no download."""
     from sklearn.datasets import load_digits
 
@@ -117,13 +123,16 @@ def digits(batch_size: int, val_fraction: float, image_size: int, num_workers: i
     class_names = [str(c) for c in bunch.target_names]
     images_ = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = bunch.target.astype(np.int64)
+    kept = np.arange(len(labels))
     if class_fraction:
         kept = subsample_classes(labels, class_names, class_fraction, seed)
         images_, labels = images_[torch.from_numpy(kept)], labels[kept]
-        require_two_per_class(labels, class_names, val_fraction, " (raise its data.class_fraction)")
+        if folds is None:  # folds check their own minimum (trainer.data.folds)
+            require_two_per_class(labels, class_names, val_fraction, " (raise its data.class_fraction)")
     if image_size != 8:
         images_ = F.interpolate(images_, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
+    train_idx, val_idx = split(labels, class_names, val_fraction, folds, fold, seed)
+    val_ids = [str(i) for i in kept[val_idx]]
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     mean, std = images_[train_idx].mean(), images_[train_idx].std()
     images_ = (images_ - mean) / std
@@ -134,7 +143,15 @@ def digits(batch_size: int, val_fraction: float, image_size: int, num_workers: i
     train_loader, val_loader = make_loaders(train_set, val_set, batch_size, num_workers, seed, pin_memory,
                                             sampler=sampler, train_labels=train_labels, random_transforms=False)
     return DataBundle(train_loader, val_loader, class_names, 1, train_labels,
-                      tensor_normalisation=(float(mean), float(std)))
+                      tensor_normalisation=(float(mean), float(std)), val_ids=val_ids)
+
+
+def split(labels: np.ndarray, class_names: Sequence[str], val_fraction: float, folds: Optional[int], fold: Optional[int],
+          seed: int, groups: Optional[Sequence[str]] = None):
+    """(training, validation) indices: fold `fold` of `folds` (trainer.data.folds), else the stratified split."""
+    if folds is not None:
+        return fold_split(labels, class_names, folds, fold, seed, groups)
+    return stratified_split(labels, val_fraction, seed)
 
 
 # --- datasets of image files ----------------------------------------------------------------
@@ -147,7 +164,8 @@ def image_folder(root: str, val_root: Optional[str], batch_size: int, val_fracti
                  scale, ratio, hflip, vflip, color_jitter, auto_augment,
                  re_prob, re_mode, re_count, mixup, cutmix, mixup_prob, mixup_switch_prob,
                  mixup_mode, label_smoothing, sampler, class_fraction, num_workers,
-                 skip_bad_files, cache, cache_dir, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
+                 skip_bad_files, cache, cache_dir, folds, fold, *, seed: int, pin_memory: bool = False,
+                 model_name: str = "cnn") -> DataBundle:
     """root/<class name>/**/<image>: torchvision's ImageFolder layout; hidden folders are not classes."""
     settings = pipeline_settings(locals(), "root", "val_root")
     paths, labels, class_names = images.scan_class_folders(root, "data.root")
@@ -160,8 +178,9 @@ def image_folder(root: str, val_root: Optional[str], batch_size: int, val_fracti
         val_paths, val_labels, _ = images.scan_class_folders(val_root, "data.val_root", class_names)
         *val, val_facts = checked_files(val_paths, val_labels, skip_bad_files, f"data.val_root={val_root}", cache_dir)
         facts.update(val_facts)
+    ids = [os.path.relpath(path, root) for path in paths]
     return image_bundle(paths, labels, val, class_names, source=f"data.root={root}", val_key="data.val_root",
-                        facts=facts, **settings)
+                        facts=facts, ids=ids, groups=None, **settings)
 
 
 @DATASETS.register("csv")
@@ -171,11 +190,15 @@ def csv(csv: str, image_dir: Optional[str], path_column: str, label_column: str,
         scale, ratio, hflip, vflip, color_jitter, auto_augment,
         re_prob, re_mode, re_count, mixup, cutmix, mixup_prob, mixup_switch_prob,
         mixup_mode, label_smoothing, sampler, class_fraction, num_workers,
-        skip_bad_files, cache, cache_dir, *, seed: int, pin_memory: bool = False, model_name: str = "cnn") -> DataBundle:
+        skip_bad_files, cache, cache_dir, folds, fold, group_column, *, seed: int, pin_memory: bool = False,
+        model_name: str = "cnn") -> DataBundle:
     """A CSV with a column of image paths and a column of labels (strings or integers)."""
-    settings = pipeline_settings(locals(), "csv", "image_dir", "path_column", "label_column", "path_suffix", "val_csv")
-    paths, labels, _ = images.scan_csv(csv, image_dir, path_column, label_column, path_suffix, "data.csv")
-    paths, labels, facts = checked_files(paths, labels, skip_bad_files, f"data.csv={csv}", cache_dir)
+    settings = pipeline_settings(locals(), "csv", "image_dir", "path_column", "label_column", "path_suffix", "val_csv",
+                                 "group_column")
+    listed, labels, names = images.scan_csv(csv, image_dir, path_column, label_column, path_suffix, "data.csv")
+    paths, labels, facts = checked_files(listed, labels, skip_bad_files, f"data.csv={csv}", cache_dir)
+    name_of = dict(zip(listed, names))
+    groups = None if group_column is None else csv_groups(csv, group_column, paths, listed)
     class_names = images.sorted_class_names(labels)
     val = None
     if val_csv is not None:
@@ -189,7 +212,7 @@ def csv(csv: str, image_dir: Optional[str], path_column: str, label_column: str,
         *val, val_facts = checked_files(val_paths, val_labels, skip_bad_files, f"data.val_csv={val_csv}", cache_dir)
         facts.update(val_facts)
     return image_bundle(paths, labels, val, class_names, source=f"data.csv={csv}", val_key="data.val_csv",
-                        facts=facts, **settings)
+                        facts=facts, ids=[name_of[path] for path in paths], groups=groups, **settings)
 
 
 def pipeline_settings(arguments: Dict[str, Any], *own_keys: str) -> Dict[str, Any]:
@@ -204,10 +227,12 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
                  seed: int, pin_memory: bool, model_name: str, channels: int, batch_size: int, val_fraction: float,
                  class_fraction, sampler: str, num_workers, skip_bad_files: bool, mixup, cutmix, mixup_prob,
                  mixup_switch_prob, mixup_mode, label_smoothing, image_size, mean, std, interpolation, crop_pct,
-                 cache: str, cache_dir: Optional[str], facts, **augmentation) -> DataBundle:
+                 cache: str, cache_dir: Optional[str], facts, folds: Optional[int], fold: Optional[int],
+                 ids: List[str], groups: Optional[List[str]], **augmentation) -> DataBundle:
     """Subsample, split, and wrap checked image files in transforms and loaders. `augmentation`:
     the keyword arguments of trainer.data.transforms.train_transform (augment, scale, hflip, ...).
-    `facts`: path -> (bytes, mtime, width, height) of the checked files (data/file_checks.py)."""
+    `facts`: path -> (bytes, mtime, width, height) of the checked files (data/file_checks.py). `ids`: what names
+    each of `paths` in oof_predictions.csv; `groups`: each one's group, kept in one fold (data.group_column)."""
     if not paths:
         raise UserError(f"{source}: no readable image is left")
     spec = resolve_input(model_name, channels, image_size, mean, std, interpolation, crop_pct)
@@ -224,12 +249,16 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
     index = {name: i for i, name in enumerate(class_names)}
     paths, targets = np.asarray(paths, dtype=object), np.asarray([index[label] for label in labels], dtype=np.int64)
     kept = subsample_classes(targets, class_names, class_fraction, seed)
-    paths, targets = paths[kept], targets[kept]
+    paths, targets, ids = paths[kept], targets[kept], np.asarray(ids, dtype=object)[kept]
+    val_ids = None
     if val is None:
-        require_two_per_class(targets, class_names, val_fraction, f", raise data.class_fraction, or give a validation set with {val_key}")
-        train_idx, val_idx = stratified_split(targets, val_fraction, seed)
+        if folds is None:
+            require_two_per_class(targets, class_names, val_fraction, f", raise data.class_fraction, or give a validation set with {val_key}")
+        train_idx, val_idx = split(targets, class_names, val_fraction, folds, fold, seed,
+                                   None if groups is None else [groups[i] for i in kept])
         train = (paths[train_idx], targets[train_idx])
         val = (paths[val_idx], targets[val_idx])
+        val_ids = list(ids[val_idx])
     else:
         train = (paths, targets)
         val = (np.asarray(val[0], dtype=object), np.asarray([index[label] for label in val[1]], dtype=np.int64))
@@ -250,4 +279,5 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
         f"data: {len(train_set)} training and {len(val_set)} validation images of {len(class_names)} classes "
         f"from {source}; input {channels}x{spec['image_size']}x{spec['image_size']}"
     )
-    return DataBundle(train_loader, val_loader, list(class_names), channels, train[1], batch_transform=batch_transform)
+    return DataBundle(train_loader, val_loader, list(class_names), channels, train[1], batch_transform=batch_transform,
+                      val_ids=val_ids)

@@ -62,6 +62,7 @@ class Engine:
         place: Optional[Place] = None,
         stop_conditions: Sequence[Any] = (),
         step_checkpoints: Optional[StepCheckpoints] = None,
+        val_ids: Optional[Sequence[str]] = None,
     ):
         self.loop = loop or LoopSettings()
         self.place = place or Place()
@@ -83,6 +84,7 @@ class Engine:
             raise UserError("mixup/cutmix mix class labels; they cannot be used with task=regression")
         self.files = RunFiles(run_dir, self.loop.save_top_k, self.loop.save_checkpoints)
         self.run_info = dict(run_info or {})
+        self.val_ids = val_ids  # names of the validation images in best_outputs' order (oof_predictions.csv)
         self.callbacks = list(callbacks)
         self.stop_conditions = list(stop_conditions)  # (engine, record) -> None, or (status, reason): the run ends
         self.stop_reason: Optional[str] = None

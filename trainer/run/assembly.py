@@ -187,5 +187,6 @@ def assemble(cfg: DictConfig, run_dir, callbacks=()):
         callbacks=callbacks if place.is_main else (),
         place=place,
         step_checkpoints=StepCheckpoints(cfg.checkpoint.every_n_steps, cfg.checkpoint.every_minutes, place),
+        val_ids=data.val_ids,
     )
     return engine, train_loader, val_loader

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.data.batches import batch_count
 from trainer.data.datasets import DATASETS
+from trainer.data.folds import check_fold_settings
 from trainer.data.transforms import resolve_input
 from trainer.engine.step_checkpoints import check_checkpoint_settings
 from trainer.engine.validation_schedule import check_validation_settings
@@ -86,6 +87,7 @@ def check_config(cfg: DictConfig) -> None:
     OPTIMIZERS.get(cfg.optimizer.name)
     SCHEDULERS.get(cfg.scheduler.name)
     DATASETS.get(cfg.data.name)
+    check_fold_settings(cfg.data)
     valid = monitor_choices(cfg)
     if cfg.monitor not in valid:
         raise UserError(f"monitor={cfg.monitor} is not produced by this run; choose one of: {', '.join(valid)}")

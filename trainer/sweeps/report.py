@@ -9,8 +9,9 @@ from trainer.errors import UserError
 from trainer.reporting.plots import SWEEP_PNG, draw_sweep
 from trainer.reporting.run_report import redraw_curves
 from trainer.reporting.tables import make_console
+from trainer.sweeps.cross_validation import CV_JSON, monitored, report_cross_validation
 from trainer.sweeps.summary import SEEDS_CSV, SWEEP_CSV, rank, read_sweep, seed_groups, varying_keys, write_seeds_csv, write_sweep_csv
-from trainer.sweeps.tables import label, seeds_table, sweep_table
+from trainer.sweeps.tables import cv_table, label, seeds_table, sweep_table
 
 
 def report_sweep(sweep_dir, console: Optional[Console] = None, redraw_runs: bool = True) -> list:
@@ -43,5 +44,9 @@ def report_sweep(sweep_dir, console: Optional[Console] = None, redraw_runs: bool
     console.print(sweep_table(ranked, f"sweep {sweep_dir}: {len(ranked)} jobs, best first"))
     if groups:
         console.print(seeds_table(groups))
+    recipes = report_cross_validation(sweep_dir, ranked)  # a sweep over data.fold: its out-of-fold scores
+    if recipes:
+        console.print(cv_table(recipes, *monitored(ranked)))
+        written.append(CV_JSON + " and the out-of-fold files")
     console.print(f"wrote {', '.join(written)} in {sweep_dir}" + (" and each job's curves.png" if redraw_runs else ""))
     return ranked

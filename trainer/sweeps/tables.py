@@ -80,3 +80,23 @@ def seeds_table(groups: Sequence[SeedGroup]) -> Table:
         table.add_row(*row, style="bold" if i == 1 and g.values else None)
     return table
 
+
+
+def cv_table(recipes: Sequence, name: str, mode: str) -> Table:
+    """Recipes of a cross-validation sweep (trainer.sweeps.cross_validation.Recipe), best OOF score first."""
+    keys = varying_keys([r.overrides for r in recipes]) if len(recipes) > 1 else []
+    others = [key for key in dict.fromkeys(k for r in recipes for k in r.oof) if key != name]
+    table = titled_table(f"cross-validation: recipes by out-of-fold {name} ({mode})",
+                         caption=common_caption([r.overrides for r in recipes], keys))
+    table.add_column("#", justify="right")
+    for key in keys:
+        table.add_column(key)
+    table.add_column("folds", justify="right")
+    for header in (f"OOF {name}", "fold mean", "fold std", *(f"OOF {key}" for key in others)):
+        table.add_column(header, justify="right")
+    for i, r in enumerate(recipes, 1):
+        row = [str(i), *(short(r.overrides.get(key, "")) for key in keys), f"{r.folds - len(r.missing)}/{r.folds}"]
+        row += [number(r.oof.get(name)), number(r.fold_mean(name) if r.oof else None), number(r.fold_std(name) if r.oof else None)]
+        row += [number(r.oof.get(key)) for key in others]
+        table.add_row(*row, style="bold" if i == 1 and r.oof else None)
+    return table
