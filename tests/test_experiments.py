@@ -22,7 +22,7 @@ def composed():
 
 
 def test_the_recipes_exist():
-    assert EXPERIMENTS == ["focal_cosine", "imbalanced_digits", "quick", "sgd_step"]
+    assert EXPERIMENTS == ["cv5", "focal_cosine", "imbalanced_digits", "quick", "sgd_step"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

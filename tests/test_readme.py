@@ -49,6 +49,8 @@ SKIPPED: Dict[str, str] = {
     "python scripts/bench_loader.py": "a benchmark, interleaved repeated epochs over 2,000 JPEGs",
     "python scripts/bench_metrics.py --threads 1 --sizes 50000x1000 --old-repeats 1": "a benchmark, minutes (the scikit-learn reference at 50,000 x 1,000)",
     "python scripts/bench_image_cache.py": "a benchmark, a generated folder and repeated epochs",
+    "python scripts/bench_pipeline.py --images 12000": "a benchmark, a generated folder of 12,000 images and epochs three ways",
+    "python scripts/bench_checkpoints.py": "a benchmark, repeated resnet18 epochs with and without checkpoints",
     "python scripts/bench_pruning.py --trials 10 --epochs 4 trainer.limit_train_batches=5 hydra.sweeper.median.n_startup_trials=3":
         "a benchmark: two 10-trial searches",
 }
