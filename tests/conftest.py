@@ -37,6 +37,16 @@ def read_json(path: Path) -> dict:
         return json.load(f)
 
 
+def records_without_seconds(run_dir: Path):
+    """metrics.csv's rows and summary.json of a run, less the seconds (which no two runs share)."""
+    rows = read_csv(run_dir / "metrics.csv")
+    for row in rows:
+        row.pop("seconds")
+    summary = read_json(run_dir / "summary.json")
+    summary["final"].pop("seconds")
+    return rows, summary
+
+
 @pytest.fixture
 def cli(tmp_path):
     """cli("trainer", "loss=focal", ...) runs `python -m trainer ...` with tmp_path as working directory."""

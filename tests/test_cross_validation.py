@@ -23,8 +23,8 @@ def oof_table(path):
 
 def test_five_folds_of_two_recipes(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_module("trainer", "-m", "experiment=cv5", "loss=ce,focal", "trainer.max_epochs=1",
-                        "data.batch_size=16", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900)
+    result = run_module("trainer", "-m", "experiment=cv5", "loss=ce,focal", "trainer.max_epochs=2",
+                        "data.batch_size=32", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     target = load_digits().target
     reference = {}  # the folds as scikit-learn makes them from the dataset and the run's seed (0) alone

@@ -266,7 +266,8 @@ def test_a_disk_without_room_for_the_cache_falls_back_to_decoding(tmp_path):
         for n in range(40):  # 64 training images of 114 x 114 x 3 bytes: a 2.5 MB cache file
             digit_image(n + 40 * label, (120, 120), "RGB").save(root / str(label) / f"{n}.png")
     age(root)
-    command = [sys.executable, "-m", "trainer", "data=image_folder", f"data.root={root}", "data.cache=disk",
+    # data.augment=imagenet: its crops keep the decoded images large (the batched recipes keep only 32 px)
+    command = [sys.executable, "-m", "trainer", "data=image_folder", f"data.root={root}", "data.augment=imagenet", "data.cache=disk",
                f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "trainer.max_epochs=1", "progress=false",
                f"hydra.run.dir={tmp_path / 'run'}"]
     result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,

@@ -2,7 +2,7 @@
 submission format, against references computed here: numpy averages of single-model predictions, the
 TTA views made by hand with torchvision and numpy, a sample submission's columns and row order.
 
-The slow tests share one real sweep of three seeds on digit images (`python -m trainer -m seed=0,1,2`);
+The slow tests share one real 5-fold sweep on digit images (`python -m trainer -m data.folds=5 'data.fold=range(5)'`);
 the bad-input tests use checkpoint files that hold only what predict reads before it loads weights.
 """
 
@@ -53,40 +53,39 @@ def probabilities(path: Path, key: str = "path"):
 
 
 @pytest.fixture(scope="module")
-def seeds(tmp_path_factory):
-    """Three seeds of one recipe, as one sweep directory, and held-out images none of them saw."""
-    root = tmp_path_factory.mktemp("seeds")
-    write_digits(root / "train", 0, 200)
-    write_digits(root / "val", 200, 260)
+def fold_models(tmp_path_factory):
+    """The five fold models of one recipe (data.folds=5), as one sweep directory, and held-out images none saw."""
+    root = tmp_path_factory.mktemp("folds")
+    write_digits(root / "train", 0, 260)
     write_digits(root / "test", 300, 400)
     result = run_module("trainer", "-m", "data=image_folder", "data.channels=1", "data.image_size=16", "data.crop_pct=0.75",
                         "data.num_workers=0", "data.batch_size=16", "data.augment=false", "model.width=8",
-                        "trainer.max_epochs=3", "optimizer.lr=0.01", "data.root=train", "data.val_root=val",
-                        "progress=false", "seed=0,1,2", "hydra.sweep.dir=sweep", cwd=root)
+                        "trainer.max_epochs=8", "optimizer.lr=0.01", "data.root=train", "data.folds=5",
+                        "data.fold=range(5)", "progress=false", "hydra.sweep.dir=sweep", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
 
 
 @pytest.mark.slow
-def test_an_ensemble_averages_its_models_and_scores_at_least_their_mean(seeds, tmp_path):
+def test_an_ensemble_averages_its_models_and_scores_at_least_their_mean(fold_models, tmp_path):
     singles = []
-    for job in range(3):
-        predict(f"ckpt_path={seeds / 'sweep' / str(job) / 'checkpoints' / 'best.ckpt'}", f"input={seeds / 'test'}",
+    for job in range(5):
+        predict(f"ckpt_path={fold_models / 'sweep' / str(job) / 'checkpoints' / 'best.ckpt'}", f"input={fold_models / 'test'}",
                 f"output={tmp_path / f'{job}.csv'}")
         names, prob = probabilities(tmp_path / f"{job}.csv")
         singles.append(prob)
-    result = run_module("trainer.predict", f"ckpt_path={seeds / 'sweep'}", f"input={seeds / 'test'}", "output=mean.csv",
+    result = run_module("trainer.predict", f"ckpt_path={fold_models / 'sweep'}", f"input={fold_models / 'test'}", "output=mean.csv",
                         "num_workers=0", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 model(s)" in result.stdout and "ensemble=mean of 3 models" in result.stdout
+    assert "5 model(s)" in result.stdout and "ensemble=mean of 5 models" in result.stdout
     ensemble_names, mean = probabilities(tmp_path / "mean.csv")
     assert ensemble_names == names
-    assert np.abs(singles[0] - singles[1]).max() > 0.05  # the seeds differ, so the average is a real test
+    assert np.abs(singles[0] - singles[1]).max() > 0.05  # the folds' models differ, so the average is a real test
     np.testing.assert_allclose(mean, np.mean(singles, axis=0), atol=2e-6)
 
     # geometric, from a list of run directories: exp(mean log p), renormalised
-    runs = ",".join(str(seeds / "sweep" / str(job)) for job in range(3))
-    predict(f"ckpt_path=[{runs}]", f"input={seeds / 'test'}", f"output={tmp_path / 'geo.csv'}", "ensemble=geometric")
+    runs = ",".join(str(fold_models / "sweep" / str(job)) for job in range(5))
+    predict(f"ckpt_path=[{runs}]", f"input={fold_models / 'test'}", f"output={tmp_path / 'geo.csv'}", "ensemble=geometric")
     geometric = np.exp(np.log(np.array(singles)).mean(axis=0))
     geometric /= geometric.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(probabilities(tmp_path / "geo.csv")[1], geometric, rtol=1e-4, atol=2e-6)
@@ -97,7 +96,7 @@ def test_an_ensemble_averages_its_models_and_scores_at_least_their_mean(seeds, t
     ensemble_accuracy = (mean.argmax(1) == truth).mean()
     print(f"held-out accuracy: single models {[float((p.argmax(1) == truth).mean()) for p in singles]}, "
           f"mean ensemble {ensemble_accuracy}")
-    assert ensemble_accuracy >= single_accuracy
+    assert ensemble_accuracy >= single_accuracy  # the 5-fold ensemble against the mean single fold
 
 
 def hand_views(image: Image.Image, tta: str, shift: int, mean, std):
@@ -125,11 +124,11 @@ def hand_views(image: Image.Image, tta: str, shift: int, mean, std):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tta", ["none", "flip", "flip+shift", "five_crop"])
-def test_each_tta_mode_is_the_mean_of_its_views(seeds, tmp_path, tta):
+def test_each_tta_mode_is_the_mean_of_its_views(fold_models, tmp_path, tta):
     from trainer.deployment.inference_model import load_inference_model
 
-    ckpt = seeds / "sweep" / "0" / "checkpoints" / "best.ckpt"
-    folder = seeds / "test" / "3"
+    ckpt = fold_models / "sweep" / "0" / "checkpoints" / "best.ckpt"
+    folder = fold_models / "test" / "3"
     predict(f"ckpt_path={ckpt}", f"input={folder}", f"output={tmp_path / 'tta.csv'}", f"tta={tta}", "tta_shift=3")
     names, written = probabilities(tmp_path / "tta.csv")
 
@@ -148,10 +147,10 @@ def test_each_tta_mode_is_the_mean_of_its_views(seeds, tmp_path, tta):
 
 
 @pytest.mark.slow
-def test_the_submission_takes_a_sample_submissions_columns_and_row_order(seeds, tmp_path):
-    images = sorted((seeds / "test").rglob("*.png"))[::7]
+def test_the_submission_takes_a_sample_submissions_columns_and_row_order(fold_models, tmp_path):
+    images = sorted((fold_models / "test").rglob("*.png"))[::7]
     reference = tmp_path / "reference.csv"
-    predict(f"ckpt_path={seeds / 'sweep'}", f"input={seeds / 'test'}", f"output={reference}")
+    predict(f"ckpt_path={fold_models / 'sweep'}", f"input={fold_models / 'test'}", f"output={reference}")
     by_path = {row["path"]: row for row in read_csv(reference)}
 
     # the input CSV lists files under ids of its own, in an order of its own; the sample in another
@@ -161,16 +160,16 @@ def test_the_submission_takes_a_sample_submissions_columns_and_row_order(seeds, 
     sample_ids = [f"img{p.stem}" for p in images]
     with open(tmp_path / "sample.csv", "w", newline="") as f:
         csv.writer(f).writerows([("id", "digit")] + [(i, 0) for i in sample_ids])
-    predict(f"ckpt_path={seeds / 'sweep'}", f"input={tmp_path / 'test.csv'}", "path_column=file", "id_values=column",
+    predict(f"ckpt_path={fold_models / 'sweep'}", f"input={tmp_path / 'test.csv'}", "path_column=file", "id_values=column",
             "input_id_column=image_id", f"sample_submission={tmp_path / 'sample.csv'}", "labels=index",
             f"output={tmp_path / 'submission.csv'}")
     rows = read_csv(tmp_path / "submission.csv")
     assert list(rows[0]) == ["id", "digit"] and [r["id"] for r in rows] == sample_ids
     for row, path in zip(rows, images):
-        assert row["digit"] == by_path[str(path.relative_to(seeds / "test"))]["prediction"]
+        assert row["digit"] == by_path[str(path.relative_to(fold_models / "test"))]["prediction"]
 
     # without a sample: rows in the input CSV's order, ids as file names without extension, no probabilities
-    predict(f"ckpt_path={seeds / 'sweep'}", f"input={tmp_path / 'test.csv'}", "path_column=file", "id_values=stem",
+    predict(f"ckpt_path={fold_models / 'sweep'}", f"input={tmp_path / 'test.csv'}", "path_column=file", "id_values=stem",
             "id_column=image", "label_column=label", "probabilities=false", f"output={tmp_path / 'plain.csv'}")
     rows = read_csv(tmp_path / "plain.csv")
     assert list(rows[0]) == ["image", "label"] and [r["image"] for r in rows] == [p.stem for p in shuffled]
@@ -179,12 +178,12 @@ def test_the_submission_takes_a_sample_submissions_columns_and_row_order(seeds, 
     columns = ["file_name", *CLASSES[::-1]]
     with open(tmp_path / "sample_prob.csv", "w", newline="") as f:
         csv.writer(f).writerows([columns] + [(p.name, *[0.1] * 10) for p in images])
-    predict(f"ckpt_path={seeds / 'sweep'}", f"input={tmp_path / 'test.csv'}", "path_column=file", "id_values=name",
+    predict(f"ckpt_path={fold_models / 'sweep'}", f"input={tmp_path / 'test.csv'}", "path_column=file", "id_values=name",
             f"sample_submission={tmp_path / 'sample_prob.csv'}", f"output={tmp_path / 'prob.csv'}")
     rows = read_csv(tmp_path / "prob.csv")
     assert list(rows[0]) == columns and [r["file_name"] for r in rows] == [p.name for p in images]
     for row, path in zip(rows, images):
-        expected = by_path[str(path.relative_to(seeds / "test"))]
+        expected = by_path[str(path.relative_to(fold_models / "test"))]
         assert all(row[c] == expected[c] for c in CLASSES)
 
 

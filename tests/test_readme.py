@@ -270,6 +270,28 @@ def predicts_every_image(session: "Readme", result: subprocess.CompletedProcess,
 
 
 # More than the exit status, for some commands: a function(session, result, runs it made) -> problems.
+def submission_follows_the_sample(session: "Readme", result: subprocess.CompletedProcess, new_runs) -> List[str]:
+    """outputs/submission.csv: the sample submission's header and ids, in its order, and a class per row."""
+    sample = (session.root / "outputs/digit_images/sample_submission.csv").read_text().splitlines()
+    written = (session.root / "outputs/submission.csv").read_text().splitlines()
+    ids = [line.split(",")[0] for line in written]
+    problems = [] if ids == [line.split(",")[0] for line in sample] else ["outputs/submission.csv: not the sample's ids in its order"]
+    if written[0] != sample[0] or any(line.split(",")[1] not in [str(d) for d in range(10)] for line in written[1:]):
+        problems.append("outputs/submission.csv: not the sample's columns, or a label that is no class")
+    return problems
+
+
+def folds_cover_the_training_set(session: "Readme", result: subprocess.CompletedProcess, new_runs) -> List[str]:
+    """outputs/cv5/oof_predictions.csv: every training image once, and cv_summary.json beside it."""
+    oof = (session.root / "outputs/cv5/oof_predictions.csv").read_text().splitlines()[1:]
+    train = sorted(p for p in (session.root / "outputs/digit_images/train").rglob("*.png"))
+    problems = [] if len(oof) == len(train) == len({line.split(",")[0] for line in oof}) else [
+        f"oof_predictions.csv: {len(oof)} rows for {len(train)} training images"]
+    if not (session.root / "outputs/cv5/cv_summary.json").is_file():
+        problems.append("outputs/cv5/cv_summary.json was not written")
+    return problems
+
+
 CHECKS: Dict[str, Callable] = {
     'eval "$(trainer -sc install=bash)"': completion_works,
     "python -m trainer.lr_preview scheduler=cosine scheduler.warmup_epochs=2": lr_preview_writes_under_outputs,
@@ -277,6 +299,11 @@ CHECKS: Dict[str, Callable] = {
     "python -m trainer.evaluate ckpt_path=outputs/<run>/checkpoints/best.ckpt": evaluate_writes_listed_files,
     "python -m trainer.predict ckpt_path=outputs/<image run>/checkpoints/best.ckpt input=outputs/digit_images/val "
     "output=predictions.csv": predicts_every_image,
+    "python -m trainer -m data=image_folder data.root=outputs/digit_images/train data.channels=1 trainer.max_epochs=3 "
+    "data.folds=5 'data.fold=range(5)' hydra.sweep.dir=outputs/cv5": folds_cover_the_training_set,
+    "python -m trainer.predict ckpt_path=outputs/cv5 input=outputs/digit_images/test.csv path_column=file "
+    "id_values=column input_id_column=id tta=flip+shift sample_submission=outputs/digit_images/sample_submission.csv "
+    "output=outputs/submission.csv": submission_follows_the_sample,
 }
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, cli_env, compose_train, read_csv, read_json, run_module
+from conftest import REPO, cli_env, compose_train, read_csv, read_json, records_without_seconds, run_module
 from trainer.engine.loop import NonFiniteLoss
 from trainer.run import assembly
 
@@ -18,11 +18,7 @@ RUN = ["trainer.deterministic=true", "trainer.max_epochs=4", "checkpoint.save_to
 
 
 def comparable(run_dir):
-    rows = read_csv(run_dir / "metrics.csv")
-    for row in rows:
-        row.pop("seconds")
-    summary = read_json(run_dir / "summary.json")
-    summary["final"].pop("seconds")
+    rows, summary = records_without_seconds(run_dir)
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*.ckpt"))
     return rows, summary, kept
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_env, read_csv, read_json
+from conftest import cli_env, read_json, records_without_seconds
 from image_files import write_image_folder
 
 # Counts the images decoded for the loaders (calls of PIL.Image.open from trainer.data.images.load_image),
@@ -66,11 +66,7 @@ def reads_of(path: Path) -> Counter:
 
 def outcome(run_dir):
     """metrics.csv and summary.json without their seconds, and the final weights."""
-    rows = read_csv(run_dir / "metrics.csv")
-    for row in rows:
-        row.pop("seconds")
-    summary = read_json(run_dir / "summary.json")
-    summary["final"].pop("seconds")
+    rows, summary = records_without_seconds(run_dir)
     return rows, summary, torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["model"]
 
 
