@@ -264,9 +264,10 @@ def test_a_sample_submission_whose_ids_differ_is_refused_before_predicting(tmp_p
 def regression_checkpoint(path: Path, seed: int) -> Path:
     """A regression checkpoint with a freshly initialised small cnn: real weights, no training needed to
     check how several models' values are combined."""
+    from trainer.config.registry import schema_defaults
     from trainer.parts.models import build_model
 
-    model_cfg = {"name": "cnn", "width": 8, "dropout": 0.0, "norm": "batch", "weights": None}
+    model_cfg = {**schema_defaults("model", "cnn"), "width": 8, "dropout": 0.0}
     torch.manual_seed(seed)
     model = build_model(dict(model_cfg), in_chans=1, num_classes=1)
     data = {"name": "image_folder", "root": "unused", "channels": 1, "image_size": 16, "mean": [0.5], "std": [0.5],

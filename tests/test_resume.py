@@ -238,3 +238,25 @@ def test_a_checkpoint_of_an_earlier_version_still_evaluates_and_resumes(trained_
     resumed = run_module("trainer", f"resume={run_dir}", "trainer.max_epochs=4", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [int(row["epoch"]) for row in read_csv(run_dir / "metrics.csv")] == [1, 2, 3, 4]
+
+
+def test_a_cnn_saved_before_model_pools_keeps_the_layout_it_was_trained_with(tmp_path):
+    """The built-in cnn's default gained a pool (model.pools=2); a checkpoint whose config has no `pools` was
+    trained with one pool, and must be rebuilt that way: evaluated, it reproduces its own metrics.csv."""
+    from trainer.config.schema import with_current_defaults
+
+    assert with_current_defaults({"model": {"name": "cnn", "width": 8}})["model"] == {"name": "cnn", "width": 8, "pools": 1}
+    assert with_current_defaults({"model": {"name": "cnn", "pools": 2}})["model"]["pools"] == 2
+    assert "pools" not in with_current_defaults({"model": {"name": "resnet18"}})["model"]
+
+    run_dir = tmp_path / "run"
+    trained = run_module("trainer", "trainer.max_epochs=1", "model.pools=1", "model.width=8", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    ckpt_path = run_dir / "checkpoints" / "best.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["config"]["model"]["pools"]
+    torch.save(ckpt, ckpt_path)
+    evaluated = run_module("trainer.evaluate", f"ckpt_path={ckpt_path}", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    written = read_json(run_dir / "checkpoints" / "best.metrics.json")["metrics"]
+    assert written["val/accuracy"] == pytest.approx(float(read_csv(run_dir / "metrics.csv")[0]["val/accuracy"]), abs=1e-9)

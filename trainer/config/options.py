@@ -38,6 +38,7 @@ class CnnModel:
     width: int = 32
     dropout: float = 0.1
     norm: str = "batch"  # batch | group | none (group and none do not depend on the batch)
+    pools: int = 2  # 2x2 max-pools between the three conv blocks: 2 (after the 1st and 2nd), 1 (after the 2nd), 0
     weights: Optional[str] = None  # a local state-dict file to start from
 
 

@@ -155,4 +155,7 @@ def with_current_defaults(stored: Dict[str, Any]) -> Dict[str, Any]:
         sections["data"] = SCHEMAS["data"][data["name"]]
     for key, schema in sections.items():
         filled[key] = {**field_defaults(schema), **(stored.get(key) or {})}
+    model = stored.get("model") or {}
+    if model.get("name") == "cnn" and "pools" not in model:  # saved before model.pools: the layout it was trained with
+        filled["model"] = {**model, "pools": 1}
     return filled
