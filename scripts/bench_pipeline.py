@@ -10,6 +10,7 @@
     python scripts/bench_pipeline.py                        # 60,000 28x28 grayscale PNGs (made once)
     python scripts/bench_pipeline.py --images 6000          # a quicker run on a smaller folder
     python scripts/bench_pipeline.py --jpeg                 # 2,000 256x256 RGB JPEGs instead
+    python scripts/bench_pipeline.py --folders-only         # only make the folders (to train on them)
 
 The folders are made under --root (default outputs/bench_pipeline) from scikit-learn's digits, each
 digit drawn at a random angle, scale, shift, stroke and noise (scripts/make_digit_images.py's digits,
@@ -202,6 +203,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each way (the first reported apart)")
     parser.add_argument("--root", default=str(ROOT / "outputs" / "bench_pipeline"))
     parser.add_argument("--ways", default="project,timm,memory")
+    parser.add_argument("--folders-only", action="store_true", help="make the training and validation folders, time nothing")
     parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)  # way train val channels epochs size: a subprocess
     args = parser.parse_args()
     if args.one:
@@ -214,6 +216,8 @@ def main():
     train = make_folder(Path(args.root) / name / "train", images, size, fmt, channels, seed=0)
     val = make_folder(Path(args.root) / name / "val", max(10, images // 6), size, fmt, channels, seed=1)
     print(f"folders: {train} and {val} ({time.perf_counter() - started:.0f} s)")
+    if args.folders_only:
+        return
     input_size = 32  # the built-in cnn's input, which (a) uses by default
     results = {}
     for way in args.ways.split(","):

@@ -50,6 +50,9 @@ SKIPPED: Dict[str, str] = {
     "python scripts/bench_metrics.py --threads 1 --sizes 50000x1000 --old-repeats 1": "a benchmark, minutes (the scikit-learn reference at 50,000 x 1,000)",
     "python scripts/bench_image_cache.py": "a benchmark, a generated folder and repeated epochs",
     "python scripts/bench_pipeline.py --images 12000": "a benchmark, a generated folder of 12,000 images and epochs three ways",
+    "python scripts/bench_pipeline.py --folders-only": "writes 70,000 images (about 2 minutes here)",
+    "python -m trainer data=image_folder data.root=outputs/bench_pipeline/60000x28png/train data.val_root=outputs/bench_pipeline/60000x28png/val data.channels=1 trainer.max_epochs=3":
+        "3 epochs over 60,000 images (about 2 minutes here); needs the folders of the command before",
     "python scripts/bench_checkpoints.py": "a benchmark, repeated resnet18 epochs with and without checkpoints",
     "python scripts/bench_pruning.py --trials 10 --epochs 4 trainer.limit_train_batches=5 hydra.sweeper.median.n_startup_trials=3":
         "a benchmark: two 10-trial searches",
