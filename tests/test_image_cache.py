@@ -111,6 +111,58 @@ def test_memory_store_is_shared_with_workers_and_images_are_decoded_once(folder,
     assert sum(len(y) for _, y in data.train_loader) == 10  # the second epoch
 
 
+def epoch_batches(loader, epoch: int):
+    loader.batch_sampler.set_epoch(epoch)
+    return batches(loader)
+
+
+def test_a_full_pixel_store_gives_the_batches_the_workers_collate_without_them(folder, tmp_path, monkeypatch):
+    uncached = folder_data(folder, tmp_path / "cache", cache="none").train_loader
+    expected = {epoch: epoch_batches(uncached, epoch) for epoch in (1, 2)}
+    data = folder_data(folder, tmp_path / "cache", cache="memory", num_workers=2)  # small recipe: a pixel store
+    train = data.train_loader
+    assert train.dataset.cache.pixels == (3, 16, 16) and not train.dataset.all_stored()
+    first = epoch_batches(train, 1)  # the workers decode, transform and store
+    assert train.dataset.all_stored()
+    assert same_batches(first, expected[1])
+    for path in folder.rglob("*.*"):
+        path.unlink()
+
+    def no_per_image_loading(self):
+        raise AssertionError("a full pixel store is read by the DataLoader's per-image path")
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", no_per_image_loading)
+    assert same_batches(first, epoch_batches(train, 1))  # gathered from the store in this process
+    second = epoch_batches(train, 2)
+    monkeypatch.undo()
+    assert same_batches(second, expected[2]) and not same_batches(second, first)
+    train.batch_sampler.set_epoch(2)
+    train.batch_sampler.skip_batches(1)  # a resume inside the epoch: the rest of its batches
+    assert same_batches(second[1:], batches(train))
+
+
+def test_a_disk_pixel_store_serves_the_next_run_from_its_first_epoch(folder, tmp_path, caplog):
+    uncached = epoch_batches(folder_data(folder, tmp_path / "cache", cache="none").train_loader, 1)
+    first = folder_data(folder, tmp_path / "cache", cache="disk").train_loader
+    assert same_batches(uncached, epoch_batches(first, 1))
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        again = folder_data(folder, tmp_path / "cache", cache="disk").train_loader
+    assert "10 of 10 images stored by an earlier run" in caplog.text
+    assert again.dataset.all_stored()
+    assert same_batches(uncached, epoch_batches(again, 1))
+    decoded = folder_data(folder, tmp_path / "cache", cache="disk", augment="imagenet").train_loader
+    assert decoded.dataset.cache.pixels is None  # per-image recipes store decoded images, in a file of their own
+    changed = again.dataset.paths[0]
+    before = os.stat(changed).st_mtime_ns
+    digit_image(100, Image.open(changed).size, "L").save(changed)
+    os.utime(changed, ns=(before - DAY_NS, before - DAY_NS))
+    rebuilt = folder_data(folder, tmp_path / "cache", cache="disk").train_loader
+    assert not rebuilt.dataset.all_stored() and rebuilt.dataset.cache.get_pixels(0) is None
+    now = epoch_batches(folder_data(folder, tmp_path / "cache", cache="none").train_loader, 1)
+    assert not same_batches(uncached, now) and same_batches(now, epoch_batches(rebuilt, 1))
+    assert rebuilt.dataset.all_stored()
+
+
 def test_disk_store_is_kept_between_runs_and_a_changed_file_is_decoded_again(folder, tmp_path, caplog):
     uncached = batches(folder_data(folder, tmp_path / "cache", cache="none").val_loader)
     first = folder_data(folder, tmp_path / "cache", cache="disk")

@@ -267,13 +267,16 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
     batch_transform = BatchTransform(seed, shift_pad, augmentation["hflip"], augmentation["vflip"], spec["mean"],
                                      spec["std"], mix)
     val_size, fit = decode_size(spec), spec["interpolation"]
-    stores = image_cache.build_stores(cache, cache_dir, [(train[0], train_size), (val[0], val_size)], facts, channels, fit)
+    # a batched recipe's training images are stored as its loader transform's uint8 pixels, gathered in batches
+    pixel_side = spec["image_size"] if recipe in BATCHED else None
+    stores = image_cache.build_stores(cache, cache_dir, [(train[0], train_size, pixel_side), (val[0], val_size)], facts,
+                                      channels, fit)
     train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files, decode_size=train_size,
                                   fit=fit, cache=stores[0])
     val_set = images.ImageFiles(val[0], val[1], eval_tf, channels, skip_bad_files, decode_size=val_size, fit=fit, cache=stores[1])
     train_loader, val_loader = make_loaders(
         train_set, val_set, batch_size, num_workers, seed, pin_memory, sampler=sampler, train_labels=train[1],
-        drop_last=mix is not None, loader_class=ImageLoader,
+        drop_last=mix is not None, loader_class=ImageLoader, random_transforms=recipe == "imagenet",
     )
     log.info(
         f"data: {len(train_set)} training and {len(val_set)} validation images of {len(class_names)} classes "

@@ -9,6 +9,12 @@ before anything is decoded (trainer.data.images.decoded_sizes).
 Images are stored as they are first read, by the loader's workers or the main process (the first
 epoch), and read from the store from then on; a flag per image says it is there.
 
+For the recipes that augment whole batches on the training device (trainer.data.batch_augment), the
+training split's store holds what its loader transform gives, the uint8 pixels at the input size
+(`pixels`: every image C x S x S, in that order), instead of the decoded file: once every image is
+there, the training loader gathers each batch from the store in the main process
+(`DecodedImages.gather`, trainer.data.loaders.ImageLoader), with no per-image work and no worker.
+
     memory  an anonymous shared mapping made before the loader's workers are forked: every worker
             and the main process see one copy (Linux's fork; where workers are spawned instead,
             each worker decodes as if there were no store)
@@ -35,6 +41,7 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from trainer.data.file_checks import Facts, cache_root, settled
@@ -61,8 +68,9 @@ class DecodedImages:
 
     def __init__(self, buffer: mmap.mmap, count: int, shapes: np.ndarray, offsets: np.ndarray, image_mode: str,
                  data_start: int, stats_start: Optional[int] = None, current: Optional[np.ndarray] = None,
-                 path: Optional[str] = None):
+                 path: Optional[str] = None, pixels: Optional[Tuple[int, int, int]] = None):
         self.buffer, self.count, self.shapes, self.offsets = buffer, count, shapes, offsets
+        self.pixels = pixels  # (C, S, S) of every image when the store holds the loader transform's uint8 output
         self.image_mode, self.data_start, self.stats_start, self.path = image_mode, data_start, stats_start, path
         self.current = current  # (size, mtime_ns) of each file now, for disk stores
         self.views()
@@ -81,6 +89,29 @@ class DecodedImages:
 
     def filled(self) -> int:
         return int(np.count_nonzero(self.flags)) if self.buffer is not None else 0
+
+    def complete(self) -> bool:
+        """Whether every image is stored (a single flag check once an epoch, not once a batch)."""
+        return self.buffer is not None and bool(self.flags.all())
+
+    def get_pixels(self, i: int) -> Optional[torch.Tensor]:
+        """A pixel store's image i, a (C, S, S) uint8 tensor of its own, or None when not stored yet."""
+        if self.buffer is None or not self.flags[i]:
+            return None
+        return torch.from_numpy(self.data[self.offsets[i]: self.offsets[i + 1]].reshape(self.pixels).copy())
+
+    def put_pixels(self, i: int, pixels: torch.Tensor) -> None:
+        if self.buffer is None or tuple(pixels.shape) != self.pixels or pixels.dtype != torch.uint8:
+            return  # not the layout's shape (never expected): served as made, not stored
+        self.data[self.offsets[i]: self.offsets[i + 1]] = pixels.contiguous().numpy().reshape(-1)
+        if self.stats is not None:
+            self.stats[i] = self.current[i]
+        self.flags[i] = 1
+
+    def gather(self, indices: Sequence[int]) -> torch.Tensor:
+        """A pixel store's images `indices` as one (N, C, S, S) uint8 tensor (a copy): a complete store only."""
+        images = self.data[: self.count * int(np.prod(self.pixels))].reshape(self.count, *self.pixels)
+        return torch.from_numpy(images[np.asarray(indices, dtype=np.int64)])
 
     def get(self, i: int) -> Optional[Image.Image]:
         if self.buffer is None or not self.flags[i]:
@@ -117,8 +148,14 @@ class DecodedImages:
                 self.buffer = None
 
 
-def layout(paths: Sequence[str], facts: Facts, channels: int, decode_size: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(shapes (n, 3), offsets (n + 1,)) of the images as stored, or None when a file's size is unknown."""
+def layout(paths: Sequence[str], facts: Facts, channels: int, decode_size: int,
+           pixel_side: Optional[int] = None) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(shapes (n, 3), offsets (n + 1,)) of the images as stored, or None when a file's size is unknown.
+    With pixel_side, every image is pixel_side x pixel_side (a pixel store), whatever its file's size."""
+    if pixel_side is not None:
+        shapes = np.tile(np.array([pixel_side, pixel_side, channels], dtype=np.int64), (len(paths), 1))
+        offsets = np.arange(len(paths) + 1, dtype=np.int64) * (pixel_side * pixel_side * channels)
+        return shapes, offsets
     try:
         known = np.array([facts[str(path)][2:5] for path in paths], dtype=np.int64).reshape(len(paths), 3)
     except KeyError:
@@ -130,18 +167,25 @@ def layout(paths: Sequence[str], facts: Facts, channels: int, decode_size: int) 
     return shapes, offsets
 
 
-def layout_key(paths: Sequence[str], shapes: np.ndarray, image_mode: str, decode_size: int, fit: str) -> str:
-    digest = hashlib.sha256(json.dumps([VERSION, image_mode, decode_size, fit]).encode())
+def layout_key(paths: Sequence[str], shapes: np.ndarray, image_mode: str, decode_size: int, fit: str,
+               pixel_side: Optional[int] = None) -> str:
+    what = [VERSION, image_mode, decode_size, fit] + ([] if pixel_side is None else ["pixels", pixel_side])
+    digest = hashlib.sha256(json.dumps(what).encode())
     for path, shape in zip(paths, shapes):
         digest.update(f"\n{path}\t{shape[1]}x{shape[0]}".encode())
     return digest.hexdigest()
 
 
-def memory_store(shapes: np.ndarray, offsets: np.ndarray, image_mode: str) -> DecodedImages:
+def pixel_shape(channels: int, pixel_side: Optional[int]) -> Optional[Tuple[int, int, int]]:
+    return None if pixel_side is None else (channels, pixel_side, pixel_side)
+
+
+def memory_store(shapes: np.ndarray, offsets: np.ndarray, image_mode: str,
+                 pixels: Optional[Tuple[int, int, int]] = None) -> DecodedImages:
     count = len(shapes)
     data_start = -(-count // 8) * 8
     buffer = mmap.mmap(-1, data_start + max(int(offsets[-1]), 1))  # MAP_SHARED | MAP_ANONYMOUS: shared with forked workers
-    return DecodedImages(buffer, count, shapes, offsets, image_mode, data_start)
+    return DecodedImages(buffer, count, shapes, offsets, image_mode, data_start, pixels=pixels)
 
 
 def disk_layout(count: int, data_bytes: int) -> Tuple[int, int, int]:
@@ -196,8 +240,8 @@ def create_file(path: str, key: str, count: int, data_bytes: int) -> None:
 
 
 def disk_store(folder: str, paths: Sequence[str], facts: Facts, shapes: np.ndarray, offsets: np.ndarray,
-               image_mode: str, decode_size: int, fit: str) -> DecodedImages:
-    key = layout_key(paths, shapes, image_mode, decode_size, fit)
+               image_mode: str, decode_size: int, fit: str, pixels: Optional[Tuple[int, int, int]] = None) -> DecodedImages:
+    key = layout_key(paths, shapes, image_mode, decode_size, fit, None if pixels is None else pixels[-1])
     path = os.path.join(folder, "images", f"{key[:32]}.bin")
     count, data_bytes = len(shapes), int(offsets[-1])
     if os.path.exists(path):
@@ -214,7 +258,7 @@ def disk_store(folder: str, paths: Sequence[str], facts: Facts, shapes: np.ndarr
     # a file modified just before it was checked is stored under time -1, which no later run matches
     current = np.array([(fact[0], fact[1] if settled(fact[1], now) else -1) for fact in (facts[str(p)] for p in paths)],
                        dtype=np.int64).reshape(count, 2)
-    store = DecodedImages(buffer, count, shapes, offsets, image_mode, data_start, stats_start, current, path)
+    store = DecodedImages(buffer, count, shapes, offsets, image_mode, data_start, stats_start, current, path, pixels)
     stale = (store.flags != 0) & ((store.stats != current).any(axis=1) | (current[:, 1] < 0))
     store.flags[stale] = 0  # changed since they were stored: decoded again
     log.info(f"decoded-image cache '{path}': {store.filled()} of {count} images stored by an earlier run"
@@ -276,28 +320,31 @@ def choose(cache: str, data_bytes: int, images: int) -> str:
     return "none"
 
 
-def build_stores(cache: str, cache_dir: Optional[str], splits: List[Tuple[Sequence[str], int]], facts: Facts,
+def build_stores(cache: str, cache_dir: Optional[str], splits: List[Tuple], facts: Facts,
                  channels: int, fit: str) -> List[Optional[DecodedImages]]:
-    """One store (or None: decode every time) per (paths, decode size) in `splits`."""
+    """One store (or None: decode every time) per (paths, decode size[, pixel side]) in `splits`: with a
+    pixel side (not None), a pixel store of the loader transform's output at that side."""
     require_mode(cache)
     if cache == "none":
         return [None] * len(splits)
+    splits = [tuple(split) + (None,) * (3 - len(split)) for split in splits]
     image_mode = "L" if channels == 1 else "RGB"
-    layouts = [layout(paths, facts, channels, size) for paths, size in splits]
+    layouts = [layout(paths, facts, channels, size, side) for paths, size, side in splits]
     if any(lay is None for lay in layouts):
         log.warning(f"warning: data.cache={cache}: the size of some images is unknown; they are decoded every epoch")
         return [None] * len(splits)
     total = sum(int(offsets[-1]) for _, offsets in layouts)
-    chosen = choose(cache, total, sum(len(paths) for paths, _ in splits))
+    chosen = choose(cache, total, sum(len(split[0]) for split in splits))
     if chosen == "none":
         return [None] * len(splits)
     if chosen == "memory":
-        return [memory_store(shapes, offsets, image_mode) for shapes, offsets in layouts]
+        return [memory_store(shapes, offsets, image_mode, pixel_shape(channels, side))
+                for (_, _, side), (shapes, offsets) in zip(splits, layouts)]
     folder = cache_root(cache_dir)
     stores = []
     try:
-        for (paths, size), (shapes, offsets) in zip(splits, layouts):
-            stores.append(disk_store(folder, paths, facts, shapes, offsets, image_mode, size, fit))
+        for (paths, size, side), (shapes, offsets) in zip(splits, layouts):
+            stores.append(disk_store(folder, paths, facts, shapes, offsets, image_mode, size, fit, pixel_shape(channels, side)))
     except OSError as err:
         where = f" '{err.filename}'" if err.filename else f" under '{folder}'"
         log.warning(f"warning: data.cache=disk: cannot write the decoded-image cache{where} "

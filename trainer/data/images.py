@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -310,10 +311,25 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def all_stored(self) -> bool:
+        """Whether every image's transformed pixels are in the store (a pixel store,
+        trainer.data.image_cache): batches can then be gathered from it (`gather`)."""
+        return self.cache is not None and self.cache.pixels is not None and self.cache.complete()
+
+    def gather(self, indices: Sequence[int]):
+        """(images, targets) of `indices` as the loader would collate them, from a complete pixel store."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.cache.gather(indices), torch.from_numpy(self.targets[indices])
+
     def __getitem__(self, index: int):
+        pixels = self.cache is not None and self.cache.pixels is not None
         for attempt in range(len(self.paths)):
             i = (index + attempt) % len(self.paths)
-            image = self.cache.get(i) if self.cache is not None else None
+            if pixels:
+                stored = self.cache.get_pixels(i)
+                if stored is not None:
+                    return stored, int(self.targets[i])
+            image = self.cache.get(i) if self.cache is not None and not pixels else None
             if image is not None:
                 return self.transform(image), int(self.targets[i])
             try:
@@ -325,6 +341,10 @@ class ImageFiles(Dataset):
                     self.reported.add(i)
                     log.warning(f"warning: left out {message_of(err).split(';')[0]} ({self.skip_key}=true)")
                 continue
+            if pixels:
+                made = self.transform(image)
+                self.cache.put_pixels(i, made)
+                return made, int(self.targets[i])
             if self.cache is not None:
                 self.cache.put(i, image)
             return self.transform(image), int(self.targets[i])

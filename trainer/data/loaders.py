@@ -46,9 +46,18 @@ def seed_worker(worker_id: int) -> None:
 
 class ImageLoader(DataLoader):
     """A DataLoader that turns an unreadable image, also one met inside a worker process, into one
-    UserError naming the file, instead of a worker's traceback."""
+    UserError naming the file, instead of a worker's traceback.
+
+    Once its dataset's pixel store holds every image (`all_stored`: a batched recipe, the first epoch
+    done, trainer.data.image_cache), an epoch gathers each batch from the store in this process, in the
+    batch sampler's order: the same batches the workers would collate, without per-image work, pickling
+    or a worker competing with the training step for the cores."""
 
     def __iter__(self):
+        all_stored = getattr(self.dataset, "all_stored", None)
+        if self.batch_sampler is not None and all_stored is not None and all_stored():
+            yield from self.stored_batches()
+            return
         batches = super().__iter__()
         while True:
             try:
@@ -67,6 +76,14 @@ class ImageLoader(DataLoader):
         if self.persistent_workers:
             self._iterator = None
         raise UserError(message)
+
+    def stored_batches(self):
+        for items in self.batch_sampler:  # indices, or the training sampler's (index, epoch, position) items
+            indices = [item[0] if isinstance(item, tuple) else item for item in items]
+            images, targets = self.dataset.gather(indices)
+            if self.pin_memory:
+                images, targets = images.pin_memory(), targets.pin_memory()
+            yield images, targets
 
 
 def make_loaders(train_set, val_set, batch_size: int, num_workers: Optional[int], seed: int, pin_memory: bool,
