@@ -56,7 +56,7 @@ def recipe_named(augment) -> Optional[str]:
 
 def choose_recipe(augment, image_size: int, auto_augment: Optional[str] = None, re_prob: float = 0.0) -> str:
     """data.augment as a recipe name; null picks by the input size (imagenet where data.auto_augment or
-    data.re_prob asks for timm's per-image operations), in one log line."""
+    data.re_prob asks for what small and light do not do), in one log line."""
     recipe = recipe_named(augment)
     if recipe is None:
         per_image = "data.auto_augment" if auto_augment else "data.re_prob" if re_prob > 0 else None
@@ -65,7 +65,7 @@ def choose_recipe(augment, image_size: int, auto_augment: Optional[str] = None, 
         log.info(f"data.augment={recipe}: chosen {reason}; set data.augment to choose")
     elif recipe in BATCHED and (auto_augment or re_prob > 0):
         key = "data.auto_augment" if auto_augment else "data.re_prob"
-        raise UserError(f"{key} works with data.augment=imagenet (timm's per-image transforms), not with "
+        raise UserError(f"{key} works with data.augment=imagenet, not with "
                         f"data.augment={recipe}; set data.augment=imagenet, or leave {key} unset")
     return recipe
 
