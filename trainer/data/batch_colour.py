@@ -30,23 +30,29 @@ def jitter_factors(keys: torch.Tensor, strength: float) -> Tuple[torch.Tensor, t
 
 
 def gray(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) luminance of RGB images; a one-channel image itself."""
+    """(N, 1, H, W) luminance of RGB images, in torchvision's order of operations; a one-channel image itself."""
     if images.shape[1] == 1:
         return images
     r, g, b = images.unbind(1)
-    return (r * GRAY[0] + g * GRAY[1] + b * GRAY[2]).unsqueeze(1)
+    return r.mul(GRAY[0]).add_(g, alpha=GRAY[1]).add_(b, alpha=GRAY[2]).unsqueeze(1)
 
 
 def colour_jitter(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
                   saturation: torch.Tensor) -> torch.Tensor:
-    """Float images (N, C, H, W) in [0, 1], C 1 or 3, jittered by each image's factors (1-d tensors of N)."""
+    """Float images (N, C, H, W) in [0, 1], C 1 or 3, jittered in place by each image's factors (1-d tensors
+    of N). The contrast step's mean of the gray image is the gray mix of the channels' means (the same number,
+    without a gray image)."""
     shape = (-1, 1, 1, 1)
     factor = lambda f: f.to(images.device, images.dtype).view(shape)  # noqa: E731
-    images = (images * factor(brightness)).clamp_(0, 1)
-    c = factor(contrast)
-    mean = gray(images).mean(dim=(1, 2, 3), keepdim=True)
-    images = (images * c + mean * (1 - c)).clamp_(0, 1)
+    images.mul_(factor(brightness)).clamp_(0, 1)
     if images.shape[1] == 3:
-        s = factor(saturation)
-        images = (images * s + gray(images) * (1 - s)).clamp_(0, 1)
+        weights = torch.tensor(GRAY, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        mean = (images.mean(dim=(2, 3), keepdim=True) * weights).sum(1, keepdim=True)
+    else:
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    c = factor(contrast)
+    images.mul_(c).add_(mean * (1 - c)).clamp_(0, 1)
+    if images.shape[1] == 3:
+        s, luminance = factor(saturation), gray(images)  # before the images change
+        images.mul_(s).addcmul_(luminance, 1 - s).clamp_(0, 1)
     return images

@@ -78,16 +78,39 @@ def crop_boxes(keys: torch.Tensor, widths: torch.Tensor, heights: torch.Tensor, 
 def resized_crops(canvases: torch.Tensor, boxes: Tuple[torch.Tensor, ...], widths: torch.Tensor,
                   heights: torch.Tensor, size: int) -> torch.Tensor:
     """Box j = (top, left, height, width) of image j (widths[j] x heights[j] pixels, stretched onto canvas j)
-    resized to size x size: float32 (N, C, size, size) in the canvases' value range, one roi_align call."""
-    from torchvision.ops import roi_align
-
+    resized to size x size: float32 (N, C, size, size) in the canvases' value range, one roi_align call (on a
+    CPU with several torch threads, one per thread on its share of the batch: torchvision's CPU kernel runs
+    on one core; each box is resampled alone, so the split changes no value)."""
     top, left, h, w = (b.to(torch.float64) for b in boxes)
     n, _, canvas_h, canvas_w = canvases.shape
     sx, sy = canvas_w / widths.to(torch.float64), canvas_h / heights.to(torch.float64)
     rois = torch.stack([torch.arange(n, dtype=torch.float64), left * sx, top * sy, (left + w) * sx, (top + h) * sy], 1)
+    threads = min(torch.get_num_threads(), n)
+    if canvases.device.type != "cpu" or threads < 2:
+        return _roi_align(canvases, rois, size)
+    shares = [range(n * k // threads, n * (k + 1) // threads) for k in range(threads)]
+    parts = [(canvases[share.start:share.stop], rois[share.start:share.stop] - torch.tensor([share.start, 0, 0, 0, 0]))
+             for share in shares]
+    return torch.cat(list(_pool(threads).map(lambda part: _roi_align(*part, size), parts)))
+
+
+def _roi_align(canvases: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
+    from torchvision.ops import roi_align
+
     images = canvases if canvases.is_floating_point() else canvases.float()
     return roi_align(images, rois.to(images.device, images.dtype), (size, size), spatial_scale=1.0,
                      sampling_ratio=-1, aligned=True)
+
+
+_POOLS = {}
+
+
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="roi_align")
+    return _POOLS[threads]
 
 
 def flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
