@@ -164,6 +164,9 @@ def test_the_image_folder_recipe_loads_canvases_and_auto_augment_stays_per_image
     pixels, _ = next(iter(data.train_loader))
     canvas = canvas_size(16, SCALE, 30)  # the folder's longest side: 30 px (trainer's decode size: 57)
     assert canvas == 30 and pixels.dtype == torch.uint8 and pixels.shape == (8, 3, canvas, canvas)
+    store = data.train_loader.dataset.cache  # data.cache=auto: the canvases themselves are kept, stretched once
+    assert store is not None and (store.shapes == (canvas, canvas, 3)).all() and store.filled() == 8
+    assert torch.equal(next(iter(data.train_loader))[0], pixels)  # the same canvases, now from the cache
     transform = data.batch_transform
     assert transform.resized_crop is not None and transform.erasing is not None and transform.shift_pad is None
     sizes = {tuple(s) for s in transform.resized_crop.sizes.tolist()}

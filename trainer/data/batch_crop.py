@@ -124,19 +124,23 @@ def flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torc
 
 
 class CanvasTransform:
-    """The loader's transform for the batched imagenet recipe: a PIL image (as decoded, from the cache when it
-    is on) stretched to size x size with the given interpolation, as a uint8 (C, size, size) tensor; an image
-    already that size is only converted. A class, not a closure: loader workers may pickle it."""
+    """The loader's transform for the batched imagenet recipe: a PIL image stretched to size x size with the given
+    interpolation (`stretch`, which trainer.data.images.ImageFiles applies once, before the decoded-image cache
+    stores the image, as its `prepare`), as a uint8 (C, size, size) tensor; a canvas already that size is only
+    converted. A class, not a closure: loader workers may pickle it."""
 
     def __init__(self, size: int, interpolation: str):
         self.size, self.interpolation = int(size), interpolation
 
-    def __call__(self, image):
+    def stretch(self, image):
         from trainer.data.images import RESAMPLING
 
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), RESAMPLING[self.interpolation])
-        array = np.array(image)  # a writable copy
+        return image
+
+    def __call__(self, image):
+        array = np.array(self.stretch(image))  # a writable copy
         if array.ndim == 2:
             return torch.from_numpy(array)[None]
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -295,7 +295,8 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
             erasing = KeyedErasing(augmentation["re_prob"], augmentation["re_mode"], augmentation["re_count"])
         log.info(f"data.augment=imagenet: in batches on the training device (random-resized crop by roi_align, flips, "
                  f"colour jitter, normalisation{', random erasing' if erasing else ''}); the loader only decodes "
-                 f"each training image and stretches it to a {canvas} x {canvas} uint8 canvas")
+                 f"each training image and stretches it to a {canvas} x {canvas} uint8 canvas (kept in the "
+                 f"decoded-image cache when it is on)")
     elif recipe == "imagenet":
         log.info(f"data.augment=imagenet: per image in the loader (timm's transforms), because "
                  f"data.auto_augment={augmentation['auto_augment']} is set: its policies have no batched form")
@@ -303,9 +304,10 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
                                      spec["std"], mix, resized_crop=crop,
                                      color_jitter=augmentation["color_jitter"] if in_batches else 0.0, erasing=erasing)
     val_size, fit = decode_size(spec), spec["interpolation"]
-    stores = image_cache.build_stores(cache, cache_dir, [(train[0], train_size), (val[0], val_size)], facts, channels, fit)
+    train_split = (train[0], train_size, canvas) if in_batches else (train[0], train_size)  # imagenet: canvases stored
+    stores = image_cache.build_stores(cache, cache_dir, [train_split, (val[0], val_size)], facts, channels, fit)
     train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files, decode_size=train_size,
-                                  fit=fit, cache=stores[0])
+                                  fit=fit, cache=stores[0], prepare=train_tf.stretch if in_batches else None)
     val_set = images.ImageFiles(val[0], val[1], eval_tf, channels, skip_bad_files, decode_size=val_size, fit=fit, cache=stores[1])
     train_loader, val_loader = make_loaders(
         train_set, val_set, batch_size, num_workers, seed, pin_memory, sampler=sampler, train_labels=train[1],

@@ -117,21 +117,28 @@ class DecodedImages:
                 self.buffer = None
 
 
-def layout(paths: Sequence[str], facts: Facts, channels: int, decode_size: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(shapes (n, 3), offsets (n + 1,)) of the images as stored, or None when a file's size is unknown."""
-    try:
-        known = np.array([facts[str(path)][2:5] for path in paths], dtype=np.int64).reshape(len(paths), 3)
-    except KeyError:
-        return None
-    width, height = decoded_sizes(known[:, 0], known[:, 1], known[:, 2], decode_size)
+def layout(paths: Sequence[str], facts: Facts, channels: int, decode_size: int,
+           canvas: Optional[int] = None) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(shapes (n, 3), offsets (n + 1,)) of the images as stored, or None when a file's size is unknown.
+    canvas: every image is stored as canvas x canvas pixels (the batched imagenet recipe's canvases)."""
+    if canvas is not None:
+        width = height = np.full(len(paths), canvas, dtype=np.int64)
+    else:
+        try:
+            known = np.array([facts[str(path)][2:5] for path in paths], dtype=np.int64).reshape(len(paths), 3)
+        except KeyError:
+            return None
+        width, height = decoded_sizes(known[:, 0], known[:, 1], known[:, 2], decode_size)
     shapes = np.stack([height, width, np.full_like(width, channels)], axis=1)
     offsets = np.zeros(len(paths) + 1, dtype=np.int64)
     np.cumsum(shapes.prod(axis=1), out=offsets[1:])
     return shapes, offsets
 
 
-def layout_key(paths: Sequence[str], shapes: np.ndarray, image_mode: str, decode_size: int, fit: str) -> str:
-    digest = hashlib.sha256(json.dumps([VERSION, image_mode, decode_size, fit]).encode())
+def layout_key(paths: Sequence[str], shapes: np.ndarray, image_mode: str, decode_size: int, fit: str,
+               canvas: Optional[int] = None) -> str:
+    what = [VERSION, image_mode, decode_size, fit] + ([] if canvas is None else [f"canvas {canvas}"])
+    digest = hashlib.sha256(json.dumps(what).encode())
     for path, shape in zip(paths, shapes):
         digest.update(f"\n{path}\t{shape[1]}x{shape[0]}".encode())
     return digest.hexdigest()
@@ -196,8 +203,8 @@ def create_file(path: str, key: str, count: int, data_bytes: int) -> None:
 
 
 def disk_store(folder: str, paths: Sequence[str], facts: Facts, shapes: np.ndarray, offsets: np.ndarray,
-               image_mode: str, decode_size: int, fit: str) -> DecodedImages:
-    key = layout_key(paths, shapes, image_mode, decode_size, fit)
+               image_mode: str, decode_size: int, fit: str, canvas: Optional[int] = None) -> DecodedImages:
+    key = layout_key(paths, shapes, image_mode, decode_size, fit, canvas)
     path = os.path.join(folder, "images", f"{key[:32]}.bin")
     count, data_bytes = len(shapes), int(offsets[-1])
     if os.path.exists(path):
@@ -276,19 +283,22 @@ def choose(cache: str, data_bytes: int, images: int) -> str:
     return "none"
 
 
-def build_stores(cache: str, cache_dir: Optional[str], splits: List[Tuple[Sequence[str], int]], facts: Facts,
+def build_stores(cache: str, cache_dir: Optional[str], splits: List[Tuple], facts: Facts,
                  channels: int, fit: str) -> List[Optional[DecodedImages]]:
-    """One store (or None: decode every time) per (paths, decode size) in `splits`."""
+    """One store (or None: decode every time) per (paths, decode size) in `splits`; (paths, decode size, canvas)
+    stores every image of the split as a canvas x canvas one (what trainer.data.images.ImageFiles' `prepare`
+    makes of it: the batched imagenet recipe's canvases, stretched once)."""
     require_mode(cache)
     if cache == "none":
         return [None] * len(splits)
     image_mode = "L" if channels == 1 else "RGB"
-    layouts = [layout(paths, facts, channels, size) for paths, size in splits]
+    splits = [(split[0], split[1], split[2] if len(split) > 2 else None) for split in splits]
+    layouts = [layout(paths, facts, channels, size, canvas) for paths, size, canvas in splits]
     if any(lay is None for lay in layouts):
         log.warning(f"warning: data.cache={cache}: the size of some images is unknown; they are decoded every epoch")
         return [None] * len(splits)
     total = sum(int(offsets[-1]) for _, offsets in layouts)
-    chosen = choose(cache, total, sum(len(paths) for paths, _ in splits))
+    chosen = choose(cache, total, sum(len(paths) for paths, _, _ in splits))
     if chosen == "none":
         return [None] * len(splits)
     if chosen == "memory":
@@ -296,8 +306,8 @@ def build_stores(cache: str, cache_dir: Optional[str], splits: List[Tuple[Sequen
     folder = cache_root(cache_dir)
     stores = []
     try:
-        for (paths, size), (shapes, offsets) in zip(splits, layouts):
-            stores.append(disk_store(folder, paths, facts, shapes, offsets, image_mode, size, fit))
+        for (paths, size, canvas), (shapes, offsets) in zip(splits, layouts):
+            stores.append(disk_store(folder, paths, facts, shapes, offsets, image_mode, size, fit, canvas))
     except OSError as err:
         where = f" '{err.filename}'" if err.filename else f" under '{folder}'"
         log.warning(f"warning: data.cache=disk: cannot write the decoded-image cache{where} "

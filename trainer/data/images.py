@@ -294,7 +294,7 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable, channels: int,
                  skip_bad_files: bool = False, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None,
-                 fit: Optional[str] = None, cache=None):
+                 fit: Optional[str] = None, cache=None, prepare: Optional[Callable] = None):
         # numpy arrays, not lists of Python objects: reading a list's items from forked workers
         # touches their reference counts, which copies the parent's memory into every worker
         self.paths = np.asarray(paths, dtype=str)
@@ -302,6 +302,8 @@ class ImageFiles(Dataset):
         self.decode_size, self.fit = decode_size, fit
         # a trainer.data.image_cache store (`get(i)` -> image or None, `put(i, image)`), or None: decode every time
         self.cache = cache
+        # what becomes of an image once decoded, before it is stored (the batched imagenet recipe's canvas), or None
+        self.prepare = prepare
         self.transform = transform
         self.mode = "L" if channels == 1 else "RGB"
         self.skip_bad_files, self.skip_key = skip_bad_files, skip_key
@@ -325,6 +327,8 @@ class ImageFiles(Dataset):
                     self.reported.add(i)
                     log.warning(f"warning: left out {message_of(err).split(';')[0]} ({self.skip_key}=true)")
                 continue
+            if self.prepare is not None:
+                image = self.prepare(image)
             if self.cache is not None:
                 self.cache.put(i, image)
             return self.transform(image), int(self.targets[i])
