@@ -27,8 +27,8 @@ from trainer.data.batch_erasing import KeyedErasing
 from trainer.data.file_checks import checked_files
 from trainer.data.folds import csv_groups, fold_split
 from trainer.data.loaders import ImageLoader, make_loaders
-from trainer.data.transforms import (build_mixup, check_augmentation, decode_size, eval_transform, pixels_transform,
-                                     resolve_input, train_transform)
+from trainer.data.transforms import (build_mixup, check_augmentation, check_re_count, decode_size, eval_transform,
+                                     pixels_transform, resolve_input, train_transform)
 from trainer.errors import UserError
 
 DATASETS = Registry("dataset")
@@ -223,6 +223,7 @@ def pipeline_settings(arguments: Dict[str, Any], *own_keys: str) -> Dict[str, An
     Settings that cost nothing to check are checked here, before the files are."""
     image_cache.require_mode(arguments["cache"])
     recipe_named(arguments["augment"])
+    check_re_count(arguments["re_count"])
     return {key: value for key, value in arguments.items() if key not in own_keys}
 
 
