@@ -16,7 +16,7 @@ from image_files import write_image_folder
 from test_data import folder_data
 from trainer.data.batch_augment import BatchTransform
 from trainer.data.batch_colour import colour_jitter, jitter_factors
-from trainer.data.batch_crop import RandomResizedCrops, canvas_size, crop_boxes, resized_crops
+from trainer.data.batch_crop import RandomResizedCrops, canvas_size, crop_boxes, flip, resized_crops
 from trainer.data.batch_erasing import MAX_AREA, MIN_AREA, KeyedErasing
 from trainer.data.positions import position_keys
 from trainer.errors import UserError
@@ -87,6 +87,15 @@ def test_a_box_resampled_in_the_batch_is_torchvisions_antialiased_resized_crop()
             assert error.max() < 0.02 and error[:, 1:-1, 1:-1].max() < 0.008 and error.mean() < 0.003, (box, size)
         moved = (box[0] + 2, box[1] + 2, box[2], box[3])
         assert (resized_crops(image[None] * 255, moved, width, height, size)[0] / 255 - expected).abs().mean() > 0.02
+
+
+def test_flips_mirror_the_chosen_images_only():
+    images = torch.arange(4 * 2 * 3 * 5, dtype=torch.float32).view(4, 2, 3, 5)
+    hflip, vflip = torch.tensor([True, False, True, False]), torch.tensor([True, True, False, False])
+    out = flip(images.clone(), hflip, vflip)
+    for j in range(4):
+        expected = images[j].flip(-1) if hflip[j] else images[j]
+        assert torch.equal(out[j], expected.flip(-2) if vflip[j] else expected), j
 
 
 def test_colour_jitter_of_a_batch_is_torchvisions_per_image_adjustments():

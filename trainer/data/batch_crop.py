@@ -114,12 +114,12 @@ def _pool(threads: int):
 
 
 def flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
-    """Mirror image j left-right where hflip[j], upside down where vflip[j] (bool tensors on the CPU, where
-    asking whether any is set costs no wait for the device)."""
-    if bool(hflip.any()):
-        images = torch.where(hflip.to(images.device)[:, None, None, None], images.flip(-1), images)
-    if bool(vflip.any()):
-        images = torch.where(vflip.to(images.device)[:, None, None, None], images.flip(-2), images)
+    """Mirror image j left-right where hflip[j], upside down where vflip[j], in place (bool tensors on the CPU,
+    where picking the chosen images costs no wait for the device); only the chosen images are copied."""
+    for chosen, dim in ((hflip, -1), (vflip, -2)):
+        if bool(chosen.any()):
+            index = torch.nonzero(chosen)[:, 0].to(images.device)
+            images.index_copy_(0, index, images.index_select(0, index).flip(dim))
     return images
 
 
