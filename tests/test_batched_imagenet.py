@@ -211,7 +211,7 @@ def test_the_command_line_trains_with_imagenet_in_batches(folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_workers_and_resuming_change_nothing_with_imagenet_in_batches(tmp_path):
+def test_workers_the_cache_and_resuming_change_nothing_with_imagenet_in_batches(tmp_path):
     from conftest import run_module
     from test_run_anywhere import SAME, train, without_seconds
 
@@ -219,7 +219,8 @@ def test_workers_and_resuming_change_nothing_with_imagenet_in_batches(tmp_path):
     write_image_folder(folder, classes=range(4), per_class=12)
     imagenet = ("data.augment=imagenet", "data.re_prob=0.5", "data.re_count=2", "data.batch_size=16", "model.width=8")
     straight = train(tmp_path, "straight", folder, *SAME, *imagenet, "data.num_workers=0", "trainer.max_epochs=2")
-    train(tmp_path, "resumed", folder, *SAME, *imagenet, "data.num_workers=2", "trainer.max_epochs=1")
+    # with loader workers and without the decoded-image cache (the straight run keeps its canvases in memory)
+    train(tmp_path, "resumed", folder, *SAME, *imagenet, "data.num_workers=2", "data.cache=none", "trainer.max_epochs=1")
     result = run_module("trainer", f"resume={tmp_path / 'resumed'}", "trainer.max_epochs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     from conftest import read_csv
