@@ -30,6 +30,7 @@ CROP_AREA, CROP_RATIO, CROP_TOP, CROP_LEFT = 20, 30, 40, 41
 # the scale ask for it): a crop of less than 1 / CANVAS_FACTOR**2 of the area is upsampled from fewer pixels
 # than the image had, while a batch of 224 px inputs stays 448 x 448 x 3 bytes (0.6 MB) an image.
 CANVAS_FACTOR, CANVAS_FLOOR = 2, 128
+PARALLEL_PIXELS = 1 << 20  # output pixels (per channel) of a batch below which roi_align is not split over CPU threads
 
 
 def canvas_size(image_size: int, scale: Sequence[float], longest: Optional[int] = None) -> int:
@@ -79,14 +80,15 @@ def resized_crops(canvases: torch.Tensor, boxes: Tuple[torch.Tensor, ...], width
                   heights: torch.Tensor, size: int) -> torch.Tensor:
     """Box j = (top, left, height, width) of image j (widths[j] x heights[j] pixels, stretched onto canvas j)
     resized to size x size: float32 (N, C, size, size) in the canvases' value range, one roi_align call (on a
-    CPU with several torch threads, one per thread on its share of the batch: torchvision's CPU kernel runs
-    on one core; each box is resampled alone, so the split changes no value)."""
+    CPU with several torch threads and a batch of at least PARALLEL_PIXELS output pixels, one per thread on its
+    share of the batch: torchvision's CPU kernel runs on one core; each box is resampled alone, so the split
+    changes no value)."""
     top, left, h, w = (b.to(torch.float64) for b in boxes)
     n, _, canvas_h, canvas_w = canvases.shape
     sx, sy = canvas_w / widths.to(torch.float64), canvas_h / heights.to(torch.float64)
     rois = torch.stack([torch.arange(n, dtype=torch.float64), left * sx, top * sy, (left + w) * sx, (top + h) * sy], 1)
     threads = min(torch.get_num_threads(), n)
-    if canvases.device.type != "cpu" or threads < 2:
+    if canvases.device.type != "cpu" or threads < 2 or n * size * size < PARALLEL_PIXELS:
         return _roi_align(canvases, rois, size)
     shares = [range(n * k // threads, n * (k + 1) // threads) for k in range(threads)]
     parts = [(canvases[share.start:share.stop], rois[share.start:share.stop] - torch.tensor([share.start, 0, 0, 0, 0]))
