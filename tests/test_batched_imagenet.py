@@ -16,7 +16,7 @@ from image_files import write_image_folder
 from test_data import folder_data
 from trainer.data.batch_augment import BatchTransform
 from trainer.data.batch_colour import colour_jitter, jitter_factors
-from trainer.data.batch_crop import RandomResizedCrops, canvas_size, crop_boxes, flip, resized_crops
+from trainer.data.batch_crop import CanvasTransform, RandomResizedCrops, canvas_size, crop_boxes, flip, resized_crops
 from trainer.data.batch_erasing import MAX_AREA, MIN_AREA, KeyedErasing
 from trainer.data.positions import position_keys
 from trainer.errors import UserError
@@ -96,6 +96,18 @@ def test_flips_mirror_the_chosen_images_only():
     for j in range(4):
         expected = images[j].flip(-1) if hflip[j] else images[j]
         assert torch.equal(out[j], expected.flip(-2) if vflip[j] else expected), j
+
+
+def test_the_canvas_is_the_image_stretched_to_a_square_as_uint8_channels():
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    rgb = Image.fromarray((smooth_image(30, 12).permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    for image in (rgb, rgb.convert("L")):
+        canvas = CanvasTransform(20, "bilinear")(image)
+        assert canvas.dtype == torch.uint8 and canvas.is_contiguous()
+        assert torch.equal(canvas, pil_to_tensor(image.resize((20, 20), Image.Resampling.BILINEAR)))
+        assert torch.equal(CanvasTransform(20, "bilinear")(image.resize((20, 20))), pil_to_tensor(image.resize((20, 20))))
 
 
 def test_colour_jitter_of_a_batch_is_torchvisions_per_image_adjustments():

@@ -142,10 +142,11 @@ class CanvasTransform:
         return image
 
     def __call__(self, image):
-        array = np.array(self.stretch(image))  # a writable copy
-        if array.ndim == 2:
-            return torch.from_numpy(array)[None]
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        array = np.asarray(self.stretch(image))
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        # one writable channels-first copy, by numpy: torch's copy would be split over its threads, which for an
+        # image this small costs more than it saves (the main process loads with all of them, num_workers=0)
+        return torch.from_numpy(np.array(array, order="C"))
 
     def __repr__(self) -> str:
         return f"CanvasTransform(size={self.size}, interpolation={self.interpolation})"
