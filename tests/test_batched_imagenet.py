@@ -176,6 +176,8 @@ def test_each_samples_imagenet_augmentation_is_a_function_of_its_key_whatever_th
     assert torch.equal(transform.on_rank(1).augment(canvases, keys, indices), whole)  # the rank is in the keys, not here
     assert not torch.equal(transform.augment(canvases, keys_of(8, epoch=4), indices), whole)
     assert not torch.equal(transform.augment(canvases, keys, indices.flip(0)), whole)  # the sizes matter
+    channels_last = transform.augment(canvases.contiguous(memory_format=torch.channels_last), keys, indices)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and torch.equal(channels_last, whole)
 
 
 def test_the_image_folder_recipe_loads_canvases_and_auto_augment_stays_per_image(folder, caplog):
@@ -194,6 +196,9 @@ def test_the_image_folder_recipe_loads_canvases_and_auto_augment_stays_per_image
     assert (12, 30) in sizes and sizes <= {(16, 16), (24, 24), (20, 14), (12, 30)}  # the files' own (width, height)
     out, _ = transform(pixels, torch.zeros(8), 1, 0, data.train_loader.batch_sampler)
     assert out.shape == (8, 3, 16, 16) and out.dtype == torch.float32
+    mixing = folder_data(folder, augment="imagenet", mixup=0.8, cutmix=1.0)  # mixup after the batch's augmentation
+    mixed, soft = mixing.batch_transform(pixels, torch.arange(8) % 3, 1, 0, mixing.train_loader.batch_sampler)
+    assert mixed.shape == (8, 3, 16, 16) and soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="trainer"):
         per_image = folder_data(folder, augment="imagenet", auto_augment="rand-m9-mstd0.5")
