@@ -107,8 +107,10 @@ def test_recipes_are_chosen_by_image_size_in_one_line_and_bad_names_are_refused(
     with pytest.raises(UserError, match="data.re_prob works with data.augment=imagenet"):
         folder_data(folder, augment="small", re_prob=0.25)
     assert choose_recipe(None, 32, auto_augment="rand-m9") == "imagenet"  # timm's per-image operations asked for
-    imagenet = folder_data(folder, augment="imagenet")
-    assert next(iter(imagenet.train_loader))[0].dtype == torch.float32 and imagenet.batch_transform.shift_pad is None
+    imagenet = folder_data(folder, augment="imagenet")  # in batches: uint8 canvases (tests/test_batched_imagenet.py)
+    assert next(iter(imagenet.train_loader))[0].dtype == torch.uint8 and imagenet.batch_transform.shift_pad is None
+    per_image = folder_data(folder, augment="imagenet", auto_augment="rand-m9-mstd0.5")
+    assert next(iter(per_image.train_loader))[0].dtype == torch.float32 and not per_image.batch_transform.batched
     small = folder_data(folder, augment="small", image_size=16)
     assert small.batch_transform.shift_pad == 2 and small.batch_transform.hflip == 0.0  # digits and letters: no mirror
     assert folder_data(folder, augment="small", hflip=0.5).batch_transform.hflip == 0.5

@@ -150,8 +150,10 @@ def test_a_disk_pixel_store_serves_the_next_run_from_its_first_epoch(folder, tmp
     assert "10 of 10 images stored by an earlier run" in caplog.text
     assert again.dataset.all_stored()
     assert same_batches(uncached, epoch_batches(again, 1))
-    decoded = folder_data(folder, tmp_path / "cache", cache="disk", augment="imagenet").train_loader
+    decoded = folder_data(folder, tmp_path / "cache", cache="disk", augment="none").train_loader
     assert decoded.dataset.cache.pixels is None  # per-image recipes store decoded images, in a file of their own
+    canvases = folder_data(folder, tmp_path / "cache", cache="disk", augment="imagenet").train_loader
+    assert canvases.dataset.cache.pixels[0] == 3 and canvases.dataset.cache.path != again.dataset.cache.path
     changed = again.dataset.paths[0]
     before = os.stat(changed).st_mtime_ns
     digit_image(100, Image.open(changed).size, "L").save(changed)

@@ -262,7 +262,8 @@ class ImageData:
     interpolation: Optional[str] = None  # bilinear | bicubic | nearest | ...
     crop_pct: Optional[float] = None  # evaluation: resize to image_size / crop_pct, then center-crop
     # training augmentation (trainer.data.batch_augment): small | light (pad, random crop, flips: in batches on
-    # the training device) | imagenet (timm's per-image transforms, the settings below) | none (the
+    # the training device) | imagenet (random-resized crop, flips, colour jitter, erasing, the settings below: in
+    # batches on the training device; with auto_augment timm's per-image transforms) | none (the
     # evaluation transform); null: small for inputs up to 64 px, else imagenet (logged)
     augment: Optional[str] = None
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # imagenet: random-resized-crop area range
@@ -271,11 +272,11 @@ class ImageData:
     # letters, which a mirror turns into other symbols (photos such as CIFAR's: data.hflip=0.5)
     hflip: Optional[float] = None
     vflip: float = 0.0
-    color_jitter: float = 0.4  # ignored by timm when auto_augment is set
+    color_jitter: float = 0.4  # brightness, contrast, saturation factors in [max(0, 1-c), 1+c]; ignored with auto_augment
     auto_augment: Optional[str] = None  # timm string: rand-m9-mstd0.5 (RandAugment), rand-n1-m10-mstd101-p1, augmix-m5-w4-d2
     re_prob: float = 0.0  # random erasing probability
     re_mode: str = "pixel"  # const | rand | pixel
-    re_count: int = 1
+    re_count: int = 1  # erasing boxes per erased image: 1 to re_count (an integer >= 1)
     # mixup / cutmix on training batches (timm's Mixup, drawn by position): active when mixup > 0 or cutmix > 0
     mixup: float = 0.0  # mixup alpha
     cutmix: float = 0.0  # cutmix alpha

@@ -20,12 +20,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.config.registry import Registry
 from trainer.data import image_cache, images
-from trainer.data.batch_augment import (BATCHED, BatchTransform, choose_recipe, recipe_hflip, recipe_named)
+from trainer.data.batch_augment import (BATCHED, BatchTransform, choose_recipe, imagenet_in_batches, recipe_hflip,
+                                        recipe_named)
+from trainer.data.batch_crop import CanvasTransform, RandomResizedCrops, canvas_size
+from trainer.data.batch_erasing import KeyedErasing
 from trainer.data.file_checks import checked_files
 from trainer.data.folds import csv_groups, fold_split
 from trainer.data.loaders import ImageLoader, make_loaders
-from trainer.data.transforms import (build_mixup, check_augmentation, decode_size, eval_transform, pixels_transform,
-                                     resolve_input, train_transform)
+from trainer.data.transforms import (build_mixup, check_augmentation, check_re_count, decode_size, eval_transform,
+                                     pixels_transform, resolve_input, train_transform)
 from trainer.errors import UserError
 
 DATASETS = Registry("dataset")
@@ -220,7 +223,23 @@ def pipeline_settings(arguments: Dict[str, Any], *own_keys: str) -> Dict[str, An
     Settings that cost nothing to check are checked here, before the files are."""
     image_cache.require_mode(arguments["cache"])
     recipe_named(arguments["augment"])
+    check_re_count(arguments["re_count"])
     return {key: value for key, value in arguments.items() if key not in own_keys}
+
+
+def decoded_image_sizes(paths: Sequence[str], facts, decode_size: int) -> torch.Tensor:
+    """(width, height) int64 (n, 2) of each image as load_image gives it at `decode_size` (trainer.data.images.
+    decoded_sizes), from the file check's facts; a file they lack has its header read."""
+    known = []
+    for path in paths:
+        fact = facts.get(str(path))
+        if fact is None:
+            with images.Image.open(str(path)) as img:
+                fact = (0, 0, *img.size, int(img.format == "JPEG"))
+        known.append(fact[2:5])
+    known = np.asarray(known, dtype=np.int64).reshape(len(paths), 3)
+    width, height = images.decoded_sizes(known[:, 0], known[:, 1], known[:, 2], decode_size)
+    return torch.from_numpy(np.stack([width, height], axis=1).astype(np.int64))
 
 
 def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], class_names: List[str], *, source: str, val_key: str,
@@ -240,8 +259,11 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
     augmentation["hflip"] = recipe_hflip(recipe, augmentation["hflip"])
     check_augmentation(**augmentation)
     eval_tf = eval_transform(spec)
+    in_batches = recipe == "imagenet" and imagenet_in_batches(augmentation["auto_augment"])
     if recipe in BATCHED:
         train_tf, train_size = pixels_transform(spec), decode_size(dict(spec, crop_pct=1.0))
+    elif in_batches:  # the transform (a canvas) once the training images' sizes are known, below
+        train_tf, train_size = None, canvas_size(spec["image_size"], augmentation["scale"])
     elif recipe == "imagenet":
         train_tf, train_size = train_transform(spec, **augmentation), decode_size(spec, augmentation["scale"])
     else:
@@ -264,11 +286,28 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
         val = (np.asarray(val[0], dtype=object), np.asarray([index[label] for label in val[1]], dtype=np.int64))
     mix = build_mixup(len(class_names), batch_size, mixup, cutmix, mixup_prob, mixup_switch_prob, mixup_mode, label_smoothing)
     shift_pad = max(1, spec["image_size"] // BATCHED[recipe]) if recipe in BATCHED else None
+    crop, erasing = None, None
+    if in_batches:
+        sizes = decoded_image_sizes(train[0], facts, train_size)
+        canvas = canvas_size(spec["image_size"], augmentation["scale"], int(sizes.max()) if len(sizes) else None)
+        train_tf = CanvasTransform(canvas, spec["interpolation"])
+        crop = RandomResizedCrops(spec["image_size"], augmentation["scale"], augmentation["ratio"], sizes)
+        if augmentation["re_prob"] > 0:
+            erasing = KeyedErasing(augmentation["re_prob"], augmentation["re_mode"], augmentation["re_count"])
+        log.info(f"data.augment=imagenet: in batches on the training device (random-resized crop by roi_align, flips, "
+                 f"colour jitter, normalisation{', random erasing' if erasing else ''}); the loader only decodes "
+                 f"each training image and stretches it to a {canvas} x {canvas} uint8 canvas (kept in the "
+                 f"decoded-image cache when it is on)")
+    elif recipe == "imagenet":
+        log.info(f"data.augment=imagenet: per image in the loader (timm's transforms), because "
+                 f"data.auto_augment={augmentation['auto_augment']} is set: its policies have no batched form")
     batch_transform = BatchTransform(seed, shift_pad, augmentation["hflip"], augmentation["vflip"], spec["mean"],
-                                     spec["std"], mix)
+                                     spec["std"], mix, resized_crop=crop,
+                                     color_jitter=augmentation["color_jitter"] if in_batches else 0.0, erasing=erasing)
     val_size, fit = decode_size(spec), spec["interpolation"]
-    # a batched recipe's training images are stored as its loader transform's uint8 pixels, gathered in batches
-    pixel_side = spec["image_size"] if recipe in BATCHED else None
+    # the training images are stored as the loader hands them on (uint8: a batched recipe's pixels at the input
+    # size, the batched imagenet recipe's canvases) and, once all are kept, gathered in whole batches
+    pixel_side = spec["image_size"] if recipe in BATCHED else canvas if in_batches else None
     stores = image_cache.build_stores(cache, cache_dir, [(train[0], train_size, pixel_side), (val[0], val_size)], facts,
                                       channels, fit)
     train_set = images.ImageFiles(train[0], train[1], train_tf, channels, skip_bad_files, decode_size=train_size,
@@ -276,7 +315,7 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
     val_set = images.ImageFiles(val[0], val[1], eval_tf, channels, skip_bad_files, decode_size=val_size, fit=fit, cache=stores[1])
     train_loader, val_loader = make_loaders(
         train_set, val_set, batch_size, num_workers, seed, pin_memory, sampler=sampler, train_labels=train[1],
-        drop_last=mix is not None, loader_class=ImageLoader, random_transforms=recipe == "imagenet",
+        drop_last=mix is not None, loader_class=ImageLoader, random_transforms=recipe == "imagenet" and not in_batches,
     )
     log.info(
         f"data: {len(train_set)} training and {len(val_set)} validation images of {len(class_names)} classes "

@@ -303,6 +303,7 @@ class ImageFiles(Dataset):
         self.decode_size, self.fit = decode_size, fit
         # a trainer.data.image_cache store (`get(i)` -> image or None, `put(i, image)`), or None: decode every time
         self.cache = cache
+        # what becomes of an image once decoded, before it is stored (the batched imagenet recipe's canvas), or None
         self.transform = transform
         self.mode = "L" if channels == 1 else "RGB"
         self.skip_bad_files, self.skip_key = skip_bad_files, skip_key

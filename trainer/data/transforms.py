@@ -121,7 +121,7 @@ def pixels_transform(spec: Dict[str, Any]):
 
 
 def check_augmentation(scale, ratio, hflip: float, vflip: float, color_jitter: float, re_prob: float, re_mode: str,
-                       **unchecked) -> None:
+                       re_count: int = 1, **unchecked) -> None:
     """The augmentation settings, checked whichever recipe uses them."""
     scale, ratio = tuple(scale), tuple(ratio)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
@@ -135,6 +135,13 @@ def check_augmentation(scale, ratio, hflip: float, vflip: float, color_jitter: f
         raise UserError(f"data.re_mode={re_mode} is not valid; use const, rand or pixel")
     if color_jitter < 0:
         raise UserError(f"data.color_jitter={color_jitter} is not valid; use a number >= 0 (0 = off)")
+    check_re_count(re_count)
+
+
+def check_re_count(re_count) -> None:
+    if isinstance(re_count, bool) or not isinstance(re_count, int) or re_count < 1:
+        raise UserError(f"data.re_count={re_count} is not valid; use an integer >= 1 (random erasing draws 1 to "
+                        "data.re_count boxes per erased image)")
 
 
 def train_transform(spec: Dict[str, Any], augment: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
