@@ -49,7 +49,9 @@ SKIPPED: Dict[str, str] = {
     "python scripts/bench_loader.py": "a benchmark, interleaved repeated epochs over 2,000 JPEGs",
     "python scripts/bench_metrics.py --threads 1 --sizes 50000x1000 --old-repeats 1": "a benchmark, minutes (the scikit-learn reference at 50,000 x 1,000)",
     "python scripts/bench_image_cache.py": "a benchmark, a generated folder and repeated epochs",
-    "python scripts/bench_pipeline.py --images 12000": "a benchmark, a generated folder of 12,000 images and epochs three ways",
+    "python scripts/bench_pipeline.py": "a benchmark, a generated folder of 60,000 images and epochs three ways (15 minutes)",
+    "python scripts/bench_pipeline.py --jpeg": "a benchmark, a generated folder of 2,000 JPEGs and epochs three ways",
+    "python scripts/bench_batch_augment.py": "a benchmark, interleaved repeats of two augmentation paths at three sizes",
     "python scripts/bench_pipeline.py --folders-only": "writes 70,000 images (about 2 minutes here)",
     "python -m trainer data=image_folder data.root=outputs/bench_pipeline/60000x28png/train data.val_root=outputs/bench_pipeline/60000x28png/val data.channels=1 trainer.max_epochs=3":
         "3 epochs over 60,000 images (about 2 minutes here); needs the folders of the command before",
