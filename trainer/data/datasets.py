@@ -227,21 +227,6 @@ def pipeline_settings(arguments: Dict[str, Any], *own_keys: str) -> Dict[str, An
     return {key: value for key, value in arguments.items() if key not in own_keys}
 
 
-def decoded_image_sizes(paths: Sequence[str], facts, decode_size: int) -> torch.Tensor:
-    """(width, height) int64 (n, 2) of each image as load_image gives it at `decode_size` (trainer.data.images.
-    decoded_sizes), from the file check's facts; a file they lack has its header read."""
-    known = []
-    for path in paths:
-        fact = facts.get(str(path))
-        if fact is None:
-            with images.Image.open(str(path)) as img:
-                fact = (0, 0, *img.size, int(img.format == "JPEG"))
-        known.append(fact[2:5])
-    known = np.asarray(known, dtype=np.int64).reshape(len(paths), 3)
-    width, height = images.decoded_sizes(known[:, 0], known[:, 1], known[:, 2], decode_size)
-    return torch.from_numpy(np.stack([width, height], axis=1).astype(np.int64))
-
-
 def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], class_names: List[str], *, source: str, val_key: str,
                  seed: int, pin_memory: bool, model_name: str, channels: int, batch_size: int, val_fraction: float,
                  class_fraction, sampler: str, num_workers, skip_bad_files: bool, mixup, cutmix, mixup_prob,
@@ -288,7 +273,8 @@ def image_bundle(paths: List[str], labels: List[str], val: Optional[tuple], clas
     shift_pad = max(1, spec["image_size"] // BATCHED[recipe]) if recipe in BATCHED else None
     crop, erasing = None, None
     if in_batches:
-        sizes = decoded_image_sizes(train[0], facts, train_size)
+        widths, heights = images.decoded_sizes_of(train[0], facts, train_size, read_missing=True)
+        sizes = torch.from_numpy(np.stack([widths, heights], axis=1).astype(np.int64))
         canvas = canvas_size(spec["image_size"], augmentation["scale"], int(sizes.max()) if len(sizes) else None)
         train_tf = CanvasTransform(canvas, spec["interpolation"])
         crop = RandomResizedCrops(spec["image_size"], augmentation["scale"], augmentation["ratio"], sizes)

@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 from trainer.data.file_checks import Facts, cache_root, settled
-from trainer.data.images import decoded_sizes
+from trainer.data.images import decoded_sizes_of
 from trainer.data.loaders import local_processes
 from trainer.errors import UserError
 
@@ -104,9 +104,7 @@ class DecodedImages:
         if self.buffer is None or tuple(pixels.shape) != self.pixels or pixels.dtype != torch.uint8:
             return  # not the layout's shape (never expected): served as made, not stored
         self.data[self.offsets[i]: self.offsets[i + 1]] = pixels.contiguous().numpy().reshape(-1)
-        if self.stats is not None:
-            self.stats[i] = self.current[i]
-        self.flags[i] = 1
+        self.mark_stored(i)
 
     def gather(self, indices: Sequence[int]) -> torch.Tensor:
         """A pixel store's images `indices` as one (N, C, S, S) uint8 tensor (a copy): a complete store only."""
@@ -127,9 +125,14 @@ class DecodedImages:
         if image.mode != self.image_mode or image.size != (width, height):
             return  # not the layout's shape (never expected): served as decoded, not stored
         self.data[self.offsets[i]: self.offsets[i + 1]] = np.frombuffer(image.tobytes(), dtype=np.uint8)
+        self.mark_stored(i)
+
+    def mark_stored(self, i: int) -> None:
+        """After image i's bytes are written: its file's stat (disk), then its flag, last, so that a reader
+        never sees a flag before its image."""
         if self.stats is not None:
             self.stats[i] = self.current[i]
-        self.flags[i] = 1  # last: a reader never sees a flag before its image
+        self.flags[i] = 1
 
     # Workers started by spawn (not fork) get a copy of the dataset by pickling: a disk store maps its
     # file again; an anonymous memory store cannot be shared, so such a worker decodes every image.
@@ -156,11 +159,10 @@ def layout(paths: Sequence[str], facts: Facts, channels: int, decode_size: int,
         shapes = np.tile(np.array([pixel_side, pixel_side, channels], dtype=np.int64), (len(paths), 1))
         offsets = np.arange(len(paths) + 1, dtype=np.int64) * (pixel_side * pixel_side * channels)
         return shapes, offsets
-    try:
-        known = np.array([facts[str(path)][2:5] for path in paths], dtype=np.int64).reshape(len(paths), 3)
-    except KeyError:
+    sizes = decoded_sizes_of(paths, facts, decode_size)
+    if sizes is None:
         return None
-    width, height = decoded_sizes(known[:, 0], known[:, 1], known[:, 2], decode_size)
+    width, height = sizes
     shapes = np.stack([height, width, np.full_like(width, channels)], axis=1)
     offsets = np.zeros(len(paths) + 1, dtype=np.int64)
     np.cumsum(shapes.prod(axis=1), out=offsets[1:])

@@ -257,6 +257,24 @@ def decoded_sizes(width: np.ndarray, height: np.ndarray, jpeg: np.ndarray, decod
     return new_width, new_height
 
 
+def decoded_sizes_of(paths: Sequence[str], facts, decode_size: int,
+                     read_missing: bool = False) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(widths, heights) of `paths` as `load_image` gives them at `decode_size` (`decoded_sizes`), from the file
+    check's facts (path -> (bytes, mtime, width, height, JPEG), trainer.data.file_checks); a path they lack has
+    its header read when `read_missing`, else the answer is None."""
+    known = []
+    for path in paths:
+        fact = facts.get(str(path))
+        if fact is None:
+            if not read_missing:
+                return None
+            with Image.open(str(path)) as img:
+                fact = (0, 0, *img.size, int(img.format == "JPEG"))
+        known.append(fact[2:5])
+    known = np.asarray(known, dtype=np.int64).reshape(len(paths), 3)
+    return decoded_sizes(known[:, 0], known[:, 1], known[:, 2], decode_size)
+
+
 def load_image(path: str, mode: str, skip_key: str = "data.skip_bad_files", decode_size: Optional[int] = None,
                fit: Optional[str] = None) -> Image.Image:
     """The image at `path` as `mode` ("L" or "RGB"), whatever it is stored as (L, RGB, RGBA, P, 16-bit).
@@ -301,9 +319,9 @@ class ImageFiles(Dataset):
         self.paths = np.asarray(paths, dtype=str)
         self.targets = np.asarray(targets, dtype=np.int64)
         self.decode_size, self.fit = decode_size, fit
-        # a trainer.data.image_cache store (`get(i)` -> image or None, `put(i, image)`), or None: decode every time
+        # a trainer.data.image_cache store (`get(i)` -> image or None, `put(i, image)`; a pixel store keeps the
+        # transform's output instead: `get_pixels`, `put_pixels`), or None: decode every time
         self.cache = cache
-        # what becomes of an image once decoded, before it is stored (the batched imagenet recipe's canvas), or None
         self.transform = transform
         self.mode = "L" if channels == 1 else "RGB"
         self.skip_bad_files, self.skip_key = skip_bad_files, skip_key
@@ -323,16 +341,14 @@ class ImageFiles(Dataset):
         return self.cache.gather(indices), torch.from_numpy(self.targets[indices])
 
     def __getitem__(self, index: int):
-        pixels = self.cache is not None and self.cache.pixels is not None
+        store = self.cache
+        pixels = store is not None and store.pixels is not None
         for attempt in range(len(self.paths)):
             i = (index + attempt) % len(self.paths)
-            if pixels:
-                stored = self.cache.get_pixels(i)
+            if store is not None:
+                stored = store.get_pixels(i) if pixels else store.get(i)
                 if stored is not None:
-                    return stored, int(self.targets[i])
-            image = self.cache.get(i) if self.cache is not None and not pixels else None
-            if image is not None:
-                return self.transform(image), int(self.targets[i])
+                    return (stored if pixels else self.transform(stored)), int(self.targets[i])
             try:
                 image = load_image(str(self.paths[i]), self.mode, self.skip_key, self.decode_size, self.fit)
             except UnreadableImage as err:
@@ -342,11 +358,10 @@ class ImageFiles(Dataset):
                     self.reported.add(i)
                     log.warning(f"warning: left out {message_of(err).split(';')[0]} ({self.skip_key}=true)")
                 continue
+            made = self.transform(image)
             if pixels:
-                made = self.transform(image)
-                self.cache.put_pixels(i, made)
-                return made, int(self.targets[i])
-            if self.cache is not None:
-                self.cache.put(i, image)
-            return self.transform(image), int(self.targets[i])
+                store.put_pixels(i, made)
+            elif store is not None:
+                store.put(i, image)
+            return made, int(self.targets[i])
         raise UnreadableImage(f"none of the {len(self.paths)} image files could be read")
